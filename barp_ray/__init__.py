@@ -1,0 +1,3 @@
+"""barp-ray: preference-conditioned LLM routing (BaRP) on Ray."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,179 @@
+"""Parquet shards of a RoutingTable (the schema in docs/ARCHITECTURE.md) and their read-back.
+
+A prepared directory holds ``part-00000.parquet`` ... (row chunks of ``RoutingTable.to_arrow()``, each
+with the ``barp.models`` / ``barp.encoder`` schema metadata) and ``manifest.json`` (models, encoder, files,
+row counts per split and task, the validation report). ``read_shards`` reads it back with pyarrow
+(drivers, tests); ``read_shards_ray`` as a Ray Dataset, which ``dataset_to_table`` turns back into
+a RoutingTable.
+The one-call ``prepare`` (raw files -> shards) lives in ``barp_ray.data.prepare``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from barp_ray.data.table import RoutingTable
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from barp_ray.data.validation import ValidationReport
+
+MANIFEST = "manifest.json"
+SHARD_PATTERN = "part-{:05d}.parquet"
+SHARD_GLOB = "part-*.parquet"
+
+
+def _counts(table: RoutingTable) -> dict[str, Any]:
+    split = table.split if table.split is not None else np.full(len(table), None, dtype=object)
+    per_task_split: dict[str, Counter] = {}
+    for task, name in zip(table.tasks.tolist(), split.tolist(), strict=True):
+        per_task_split.setdefault(str(task), Counter())[str(name)] += 1
+    return {
+        "num_rows": len(table),
+        "per_split": dict(sorted(Counter(str(s) for s in split.tolist()).items())),
+        "per_task": dict(sorted(Counter(str(t) for t in table.tasks.tolist()).items())),
+        "per_task_split": {t: dict(sorted(c.items())) for t, c in sorted(per_task_split.items())},
+    }
+
+
+def write_shards(
+    table: RoutingTable,
+    out_dir: str | os.PathLike,
+    num_shards: int = 4,
+    extra_manifest: dict | None = None,
+    validation_report: ValidationReport | dict | None = None,
+) -> Path:
+    """Write ``table`` as ``num_shards`` parquet files plus ``manifest.json``; returns the manifest path.
+
+    Rows keep their order and are cut into contiguous, near-equal chunks (fewer shards when there are fewer
+    rows). Old ``part-*.parquet`` files in ``out_dir`` are removed first so a re-run never mixes versions.
+    ``extra_manifest`` entries are merged into the manifest (e.g. the prepare config).
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(SHARD_GLOB):
+        stale.unlink()
+    arrow = table.to_arrow()
+    bounds = np.linspace(0, len(table), min(num_shards, max(len(table), 1)) + 1).astype(int)
+    files = []
+    for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        name = SHARD_PATTERN.format(i)
+        pq.write_table(arrow.slice(start, stop - start), out_dir / name)
+        files.append({"file": name, "num_rows": int(stop - start)})
+    manifest: dict[str, Any] = {
+        "format": "barp-ray routing shards v1",
+        "models": list(table.models),
+        "encoder": table.encoder,
+        "embedding_dim": None if table.embeddings is None else int(table.embeddings.shape[1]),
+        "columns": arrow.column_names,
+        "files": files,
+        **_counts(table),
+    }
+    if validation_report is not None:
+        report = validation_report if isinstance(validation_report, dict) else validation_report.to_dict()
+        manifest["validation"] = report
+    if extra_manifest:
+        manifest.update(extra_manifest)
+    path = out_dir / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return path
+
+
+def read_manifest(shard_dir: str | os.PathLike) -> dict:
+    """The ``manifest.json`` of a prepared directory (clear error if it is not one)."""
+    path = Path(shard_dir) / MANIFEST
+    if not path.exists():
+        raise ValueError(
+            f"{shard_dir}: no {MANIFEST}; this is not a prepared directory, run `barp prepare` first"
+        )
+    return json.loads(path.read_text())
+
+
+def shard_files(shard_dir: str | os.PathLike) -> list[Path]:
+    """The shard files listed in the manifest, in order (each must exist)."""
+    shard_dir = Path(shard_dir)
+    files = [shard_dir / entry["file"] for entry in read_manifest(shard_dir)["files"]]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise ValueError(
+            f"{shard_dir}: shard files {missing} listed in {MANIFEST} are missing; re-run `barp prepare`"
+        )
+    return files
+
+
+def read_shards(shard_dir: str | os.PathLike) -> RoutingTable:
+    """All shards of a prepared directory as one RoutingTable, in the written row order (pyarrow)."""
+    manifest = read_manifest(shard_dir)
+    tables = [pq.read_table(f) for f in shard_files(shard_dir)]
+    arrow = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    return RoutingTable.from_arrow(arrow, models=manifest["models"])
+
+
+def read_shards_ray(
+    shard_dir: str | os.PathLike, split: str | None = None, columns: list[str] | None = None
+) -> ray.data.Dataset:
+    """The shards as a Ray Dataset (``ray.data.read_parquet``), optionally only one split's rows.
+
+    All columns are kept unless ``columns`` names a subset. Ray Data drops the schema metadata, so take the
+    model list from ``read_manifest(shard_dir)["models"]`` when converting back (``dataset_to_table``).
+    """
+    import ray.data
+    from ray.data.expressions import col
+
+    files = [str(f) for f in shard_files(shard_dir)]
+    ds = ray.data.read_parquet(files)
+    if split is not None:
+        ds = ds.filter(expr=col("split") == split)
+    if columns is not None:
+        if split is not None and "split" not in columns:
+            columns = [*columns, "split"]
+        ds = ds.select_columns(columns)
+    return ds
+
+
+def _numpy_columns(table: pa.Table) -> dict[str, Any]:
+    """Arrow columns -> numpy (2-D for fixed-size-list and tensor columns, object arrays otherwise)."""
+    out: dict[str, Any] = {}
+    for name in table.column_names:
+        column = table.column(name)
+        chunk = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if pa.types.is_fixed_size_list(chunk.type):
+            flat = chunk.flatten().to_numpy(zero_copy_only=False)
+            out[name] = flat.reshape(len(chunk), chunk.type.list_size)
+        elif isinstance(chunk.type, pa.ExtensionType) and hasattr(chunk, "to_numpy"):
+            out[name] = np.asarray(chunk.to_numpy())  # Ray's tensor extension type
+        else:
+            out[name] = np.asarray(chunk.to_pylist(), dtype=object)
+    return out
+
+
+def dataset_to_table(ds: ray.data.Dataset, models: list[str], encoder: str | None = None) -> RoutingTable:
+    """Materialise a Ray Dataset in the shard schema into a RoutingTable (block order is kept)."""
+    import ray
+
+    blocks = [b for b in ray.get(ds.to_arrow_refs()) if b.num_rows]
+    if not blocks:
+        empty = {
+            "prompt_id": [],
+            "prompt": [],
+            "task": [],
+            "split": [],
+            "scores": np.zeros((0, len(models))),
+            "costs": np.zeros((0, len(models))),
+        }
+        return RoutingTable.from_columns(empty, models, encoder)
+    arrow = pa.concat_tables(blocks, promote_options="default") if len(blocks) > 1 else blocks[0]
+    if encoder is None:
+        encoder = ((arrow.schema.metadata or {}).get(b"barp.encoder", b"").decode()) or None
+    return RoutingTable.from_columns(_numpy_columns(arrow), models, encoder)

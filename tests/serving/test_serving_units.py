@@ -1,0 +1,292 @@
+"""Serving pieces without Ray Serve: config, choice rule, decision log, calibration, replay backend, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from barp_ray.serving.calibration import Calibration, CalibrationRow, calibrate_from_shards
+from barp_ray.serving.config import Budget, Preference, ServeAppConfig, config_from_args, deployment_name
+from barp_ray.serving.decision_log import (
+    DecisionLog,
+    read_decision_log,
+    read_decisions,
+    read_feedback,
+    read_policies,
+    utcnow,
+)
+from barp_ray.serving.engine import choose
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---- preference, budget, config ---------------------------------------------------------------------------
+def test_preference_on_the_simplex():
+    assert Preference(quality=0.7, cost=0.3).w_cost == pytest.approx(0.3)
+    assert Preference(cost=0.2).w_cost == pytest.approx(0.2)
+    assert Preference(quality=0.9).w_cost == pytest.approx(0.1)
+    for bad, word in [({"quality": 0.5, "cost": 0.6}, "sum to 1"), ({"cost": -0.1}, ">= 0"),
+                      ({"quality": 1.5}, "<= 1"), ({}, "quality and/or cost"), ({"cost": float("nan")}, "finite")]:
+        with pytest.raises(ValidationError, match=word):
+            Preference(**bad)
+
+
+def test_budget_needs_exactly_one_target():
+    assert Budget(max_cost_per_query=0.001).max_cost_per_query == 0.001
+    for bad in [{}, {"max_cost_per_query": 1, "max_largest_share": 0.1}, {"max_cost_per_query": -1},
+                {"max_largest_share": 1.5}]:
+        with pytest.raises(ValidationError):
+            Budget(**bad)
+
+
+def test_config_validation_and_paths(tmp_path):
+    cfg = ServeAppConfig()
+    assert cfg.default_preference.w_cost == 0.5 and cfg.batching.enabled and cfg.exploration.mode == "greedy"
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        ServeAppConfig(batching={"max_batch_size": 128}, router={"max_ongoing_requests": 64})
+    with pytest.raises(ValidationError, match="needs an `openai:` block"):
+        ServeAppConfig(upstreams=[{"model": "m", "kind": "openai"}])
+    with pytest.raises(ValidationError, match="listed twice"):
+        ServeAppConfig(upstreams=[{"model": "m"}, {"model": "m"}])
+    with pytest.raises(ValidationError, match="min_replicas"):
+        ServeAppConfig(router={"min_replicas": 3, "max_replicas": 2})
+    resolved = ServeAppConfig(policy="runs/x", decision_log={"path": "s3://bucket/log"}).resolved(tmp_path)
+    assert resolved.policy == str(tmp_path / "runs/x") and resolved.decision_log.path == "s3://bucket/log"
+    # `serve run module:build_app key=value` passes strings; nested values may be JSON
+    parsed = config_from_args({"policy": "p", "batching": '{"enabled": false}'})
+    assert parsed.batching.enabled is False
+    assert deployment_name("WizardLM/WizardLM-13B-V1.2") == "upstream-WizardLM-WizardLM-13B-V1-2"
+
+
+@pytest.mark.parametrize("name", ["offline.yaml", "openai.yaml", "serve-llm.yaml"])
+def test_committed_serve_configs_are_valid(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    doc = yaml.safe_load((REPO / "serve" / name).read_text())
+    ServeDeploySchema.model_validate(doc)
+    barp_apps = [a for a in doc["applications"] if a["import_path"] == "barp_ray.serving.app:build_app"]
+    assert len(barp_apps) == 1
+    ServeAppConfig.model_validate(barp_apps[0]["args"])
+    if name != "serve-llm.yaml":
+        assert doc["http_options"]["host"] == "127.0.0.1"
+
+
+def test_resolve_config_fills_one_replay_upstream_per_model(tiny_policy):
+    from barp_ray.serving.app import resolve_config
+
+    cfg = resolve_config({"policy": str(tiny_policy.policy_dir)})
+    assert [u.model for u in cfg.upstreams] == tiny_policy.models
+    assert all(u.kind == "replay" and Path(u.replay.data).is_absolute() for u in cfg.upstreams)
+    with pytest.raises(ValueError, match="not models of the policy"):
+        resolve_config({"policy": str(tiny_policy.policy_dir), "upstreams": [{"model": "nope"}]})
+    with pytest.raises(FileNotFoundError, match="not a BaRP policy checkpoint"):
+        resolve_config({"policy": str(tiny_policy.policy_dir.parent / "missing")})
+
+
+# ---- the choice rule --------------------------------------------------------------------------------------
+def test_choose_greedy_forced_and_masked():
+    probs = np.array([0.1, 0.6, 0.0, 0.3])
+    c = choose(probs)
+    assert (c.index, c.propensity, c.ranking, c.explored) == (1, 1.0, [1, 3, 0], False)
+    f = choose(probs, forced=0)
+    assert f.index == 0 and f.propensity == 1.0 and f.ranking == [0, 1, 3] and not f.explored
+
+
+def test_choose_sample_and_epsilon_propensities():
+    probs = np.array([0.2, 0.5, 0.3])
+    rng = np.random.default_rng(0)
+    picks = [choose(probs, "sample", rng=rng) for _ in range(4000)]
+    freq = np.bincount([p.index for p in picks], minlength=3) / len(picks)
+    assert np.allclose(freq, probs, atol=0.03)
+    assert all(p.propensity == pytest.approx(probs[p.index]) for p in picks)
+    eps = [choose(probs, "epsilon", epsilon=0.3, rng=rng) for _ in range(4000)]
+    expected = np.array([0.1, 0.7 + 0.1, 0.1])
+    assert np.allclose(np.bincount([p.index for p in eps], minlength=3) / len(eps), expected, atol=0.03)
+    assert all(p.propensity == pytest.approx(expected[p.index]) for p in eps)
+    never = [choose(np.array([0.0, 1.0]), "epsilon", epsilon=1.0, rng=rng).index for _ in range(100)]
+    assert set(never) == {1}  # a model without an upstream (probability 0) is never explored
+
+
+# ---- decision log -----------------------------------------------------------------------------------------
+def _row(i: int, **extra) -> dict:
+    return {"decision_id": f"{i:032x}", "decided_at": utcnow(), "endpoint": "chat", "prompt_id": f"p{i}",
+            "prompt_hash": f"{i:016x}", "prompt": f"prompt {i}", "w_cost": 0.25, "chosen_model": "m1",
+            "chosen_index": 1, "probability": 0.6, "propensity": 1.0, "probabilities": [0.4, 0.6],
+            "policy_version": "v1", "status": "ok", "cost_usd": 0.001, **extra}
+
+
+def test_decision_log_roundtrip_and_feedback_join(tmp_path):
+    log = DecisionLog(str(tmp_path / "log"), writer="r1", flush_rows=2, flush_interval_s=60)
+    log.write_policy("v1", {"models": ["m0", "m1"]})
+    log.append(_row(1))
+    assert not log.due()
+    log.append(_row(2))
+    assert log.due() and log.flush() == 2 and log.buffered == 0
+    other = DecisionLog(str(tmp_path / "log"), writer="r2")  # a second replica appends beside it
+    other.append(_row(3))
+    other.flush()
+    log.write_feedback([{"decision_id": f"{1:032x}", "score": 0.2, "comment": None, "recorded_at": utcnow()}])
+    log.write_feedback([{"decision_id": f"{1:032x}", "score": 0.9, "comment": "later", "recorded_at": utcnow()}])
+    frame = read_decision_log(tmp_path / "log").set_index("decision_id")
+    assert len(frame) == 3
+    first = frame.loc[f"{1:032x}"]
+    assert first["feedback_score"] == 0.9 and first["feedback_count"] == 2 and first["feedback_comment"] == "later"
+    assert np.isnan(frame.loc[f"{2:032x}"]["feedback_score"]) and frame.loc[f"{2:032x}"]["feedback_count"] == 0
+    assert list(frame.loc[f"{3:032x}"]["probabilities"]) == pytest.approx([0.4, 0.6])
+    assert read_policies(tmp_path / "log") == {"v1": {"models": ["m0", "m1"]}}
+    assert len(read_decisions(tmp_path / "log", f"{2:032x}")) == 1 and len(read_feedback(tmp_path / "log")) == 2
+    files = list((tmp_path / "log" / "decisions").glob("*.parquet"))
+    assert len(files) == 2 and not list((tmp_path / "log" / "decisions").glob(".tmp-*"))
+    assert pq.read_schema(files[0]).field("decided_at").type.tz == "UTC"
+
+
+def test_decision_log_without_feedback_and_via_file_uri(tmp_path):
+    log = DecisionLog(f"file://{tmp_path}/log2")
+    log.append(_row(7))
+    log.flush()
+    frame = read_decision_log(f"file://{tmp_path}/log2")
+    assert len(frame) == 1 and frame["feedback_count"].tolist() == [0]
+    assert read_decision_log(tmp_path / "empty").empty
+
+
+def test_decision_log_is_bounded_and_survives_a_failing_store(tmp_path):
+    log = DecisionLog(str(tmp_path / "log"), flush_rows=1000, max_buffer_rows=5)
+    for i in range(8):
+        log.append(_row(i))
+    assert log.buffered == 5 and log.dropped == 3
+    decisions = tmp_path / "log" / "decisions"
+    decisions.rmdir()
+    decisions.write_text("not a folder")  # the store fails
+    assert log.flush() == 0 and log.buffered == 5  # rows kept for the next try
+    decisions.unlink()
+    decisions.mkdir()
+    assert log.flush() == 5
+    assert sorted(read_decisions(tmp_path / "log")["decision_id"].to_pylist()) == [f"{i:032x}" for i in range(3, 8)]
+
+
+# ---- calibration ------------------------------------------------------------------------------------------
+def _calibration() -> Calibration:
+    rows = [CalibrationRow(0.0, 0.0050, 0.88, 0.9), CalibrationRow(0.5, 0.0010, 0.80, 0.1),
+            CalibrationRow(0.8, 0.0004, 0.75, 0.0), CalibrationRow(1.0, 0.0001, 0.60, 0.0)]
+    return Calibration(models=["a", "b"], largest_model="b", rows=rows, model_mean_cost={"a": 1e-4, "b": 5e-3},
+                       model_mean_score={"a": 0.6, "b": 0.88}, num_prompts=10, split="val")
+
+
+def test_calibration_choice_rule(tmp_path):
+    cal = _calibration()
+    assert cal.choose(Budget(max_cost_per_query=0.002)) == (cal.rows[1], True)
+    assert cal.choose(Budget(max_cost_per_query=1.0))[0].w_cost == 0.0
+    assert cal.choose(Budget(max_cost_per_query=0.00001)) == (cal.rows[3], False)  # nothing meets it
+    assert cal.choose(Budget(max_largest_share=0.0))[0].w_cost == 0.8
+    assert Calibration.load(cal.save(tmp_path / "c.json")) == cal
+    assert "**<- chosen**" in cal.markdown(cal.rows[1])
+
+
+def test_calibrate_cli_and_serve_config_cli(tiny_policy, tmp_path, capsys):
+    from barp_ray.cli import main
+
+    out = tmp_path / "cal.json"
+    rc = main(["calibrate", "--policy", str(tiny_policy.policy_dir), "--data", str(tiny_policy.shards),
+               "--target-cost", "0.0004", "--grid-points", "11", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "| w_c |" in text and "**<- chosen**" in text and "chosen: w_c =" in text
+    cal = Calibration.load(out)
+    assert len(cal.rows) == 11 and cal.extra["met"] and cal.policy_version
+    chosen = cal.choose(Budget(max_cost_per_query=0.0004))[0]
+    assert chosen.mean_cost <= 0.0004 and cal.extra["chosen_w_cost"] == chosen.w_cost
+    # same table from the library, and a tighter budget is not looser in w_c
+    again = calibrate_from_shards(str(tiny_policy.policy_dir), str(tiny_policy.shards), "val", 11)
+    assert [r.mean_cost for r in again.rows] == [r.mean_cost for r in cal.rows]
+    assert again.w_cost_for(Budget(max_cost_per_query=0.0)) >= chosen.w_cost
+    rc = main(["calibrate", "--policy", str(tiny_policy.policy_dir), "--data", str(tiny_policy.shards),
+               "--target-largest-share", "0.0"])
+    assert rc in (0, 1) and "share to gpt-4-1106-preview" in capsys.readouterr().out
+
+    yaml_out = tmp_path / "my.yaml"
+    rc = main(["serve-config", "--policy", str(tiny_policy.policy_dir), "--port", "8123", "--out", str(yaml_out)])
+    assert rc == 0
+    doc = yaml.safe_load(yaml_out.read_text())
+    assert doc["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    assert doc["applications"][0]["args"]["policy"] == str(tiny_policy.policy_dir)
+
+
+# ---- headers and error naming -----------------------------------------------------------------------------
+def test_header_parsing_and_error_params():
+    from barp_ray.serving.router import parse_budget_header, parse_preference_header, validation_error
+    from barp_ray.serving.schemas import ApiError, ChatCompletionRequest
+
+    assert parse_preference_header("quality=0.7, cost=0.3").w_cost == pytest.approx(0.3)
+    assert parse_preference_header("0.25").w_cost == 0.25
+    assert parse_budget_header("0.001").max_cost_per_query == 0.001
+    assert parse_budget_header("max_largest_share=0.2").max_largest_share == 0.2
+    for bad in ("cost=x", "quality=0.9,cost=0.9", "2"):
+        with pytest.raises(ApiError) as info:
+            parse_preference_header(bad)
+        assert info.value.param.startswith("x-barp-preference") and info.value.status == 400
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}],
+                                             "preference": {"quality": "a"}})
+    err = validation_error(info.value)
+    assert err.param == "preference.quality" and err.message.startswith("preference.quality: ")
+
+
+def test_api_keys_from_env_and_file(tmp_path):
+    import hashlib
+
+    from barp_ray.serving.config import AuthConfig
+    from barp_ray.serving.router import api_key_hashes
+
+    keys = tmp_path / "keys"
+    keys.write_text("# comment\nfile-key\n\n")
+    got = api_key_hashes(AuthConfig(api_keys_env="K", api_keys_file=str(keys)), env={"K": "a, b"})
+    assert got == {hashlib.sha256(k.encode()).hexdigest() for k in ("a", "b", "file-key")}
+    assert api_key_hashes(AuthConfig(api_keys_env="K"), env={}) == set()
+
+
+# ---- replay backend ---------------------------------------------------------------------------------------
+def test_replay_backend_answers_recorded_prompts(tiny_policy):
+    from barp_ray.serving.upstreams import ReplayBackend, UpstreamError
+
+    model = tiny_policy.models[0]
+    backend = ReplayBackend(model, {"stream_chunk_chars": 5})
+    prompt = tiny_policy.prompts[0]
+    payload = {"messages": [{"role": "user", "content": prompt}]}
+    done = asyncio.run(backend.complete(payload))
+    assert done["replay_hit"] and done["cost_usd"] > 0 and done["text"]
+    chunks = asyncio.run(_collect(backend.stream(payload)))
+    assert "".join(c.get("delta", "") for c in chunks) == done["text"] and chunks[-1]["done"]
+    # a system message in front still finds it (by the last user message)
+    system = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": prompt}]}
+    assert asyncio.run(backend.complete(system))["text"] == done["text"]
+    miss = asyncio.run(backend.complete({"messages": [{"role": "user", "content": "hello?"}]}))
+    assert not miss["replay_hit"] and miss["cost_usd"] == pytest.approx(backend.mean_cost)
+    assert backend.info()["mean_cost_usd"] == pytest.approx(backend.mean_cost)
+    strict = ReplayBackend(model, {"on_miss": "error", "error_rate": 0.0})
+    with pytest.raises(UpstreamError, match="no recorded response"):
+        asyncio.run(strict.complete({"messages": [{"role": "user", "content": "hello?"}]}))
+    failing = ReplayBackend(model, {"error_rate": 1.0})
+    with pytest.raises(UpstreamError, match="simulated failure"):
+        asyncio.run(failing.complete(payload))
+
+
+async def _collect(agen):
+    return [c async for c in agen]
+
+
+def test_decision_json_is_plain_json():
+    import pandas as pd
+
+    from barp_ray.serving.router import decision_json
+
+    frame = pd.DataFrame({"a": [np.float64("nan")], "b": [pd.NaT], "c": [np.array([0.5, 0.5], np.float32)],
+                          "d": [pd.Timestamp("2024-01-01", tz="UTC")], "e": [np.int16(3)]})
+    out = decision_json(frame)
+    assert json.loads(json.dumps(out)) == {"a": None, "b": None, "c": [0.5, 0.5], "d": "2024-01-01T00:00:00+00:00",
+                                           "e": 3}

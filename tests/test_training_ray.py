@@ -1,0 +1,96 @@
+"""Integration on a real local Ray cluster: embeddings on Ray Data, Ray Train with 2 workers, resume,
+worker-failure recovery, and the CLI end to end. Data: a small real RouterBench subset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from barp_ray.data.shards import read_shards
+from barp_ray.embeddings.job import EmbedConfig, run_embed
+from barp_ray.policy import load_policy, read_policy_metadata
+from barp_ray.training.config import TrainConfig
+from barp_ray.training.trainer import train_policy
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(420)]
+
+
+def _cfg(small_shards, tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        data=str(small_shards["data"]), storage_path=str(tmp_path / "ray"), epochs=2, steps_per_epoch=15,
+        batch_size=64, cpus_per_worker=0.5,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_embeddings_are_real_and_cached(small_shards):
+    table = read_shards(small_shards["data"])
+    assert table.embeddings is not None and table.embeddings.shape == (len(table), 384)
+    assert np.allclose(np.linalg.norm(table.embeddings, axis=1), 1.0, atol=1e-4)
+    assert small_shards["embed_stats"].embedded > 0
+    again = run_embed(EmbedConfig(data=small_shards["data"], cache_dir=small_shards["cache"]))
+    assert again.embedded == 0 and again.cache_hits == again.unique_prompts  # second run embeds nothing
+    assert np.array_equal(read_shards(small_shards["data"]).embeddings, table.embeddings)
+
+
+def test_ray_train_two_workers_checkpoint_then_resume(small_shards, tmp_path):
+    cfg = _cfg(small_shards, tmp_path, num_workers=2, name="two-workers")
+    first = train_policy(cfg)
+    assert [m["epoch"] for m in first.history] == [0, 1]
+    assert all(not m["resumed"] for m in first.history)
+    policy = load_policy(first.policy_dir)
+    assert policy.spec.models == read_shards(small_shards["data"]).models and policy.spec.tau == first.tau
+    assert 0.0 <= first.best_metrics["val_aiq"] <= 1.0
+
+    # Same storage path and name, more epochs: picks up after the last checkpoint instead of restarting.
+    resumed = train_policy(cfg.model_copy(update={"epochs": 3}))
+    assert [m["epoch"] for m in resumed.history] == [0, 1, 2]  # the run's history, old epochs included
+    assert [m["resumed"] for m in resumed.history] == [False, False, True]
+    assert resumed.history[-1]["step"] == 3 * cfg.steps_per_epoch  # optimizer step count carried over
+
+
+def test_worker_crash_restarts_from_last_checkpoint(small_shards, tmp_path):
+    cfg = _cfg(small_shards, tmp_path, epochs=3, name="crash", inject_failure_at_epoch=1, max_failures=1)
+    outcome = train_policy(cfg)
+    epochs = [m["epoch"] for m in outcome.history]
+    assert epochs[-1] == 2 and 0 in epochs
+    assert outcome.history[-1]["resumed"] is True  # the restarted group restored the epoch-0 checkpoint
+    assert read_policy_metadata(outcome.policy_dir)["epoch"] in (0, 1, 2)
+
+
+def test_leave_one_task_out_training_never_sees_the_task(small_shards, tmp_path):
+    cfg = _cfg(small_shards, tmp_path, epochs=1, name="loto", exclude_tasks=["mbpp"])
+    outcome = train_policy(cfg)
+    table = read_shards(small_shards["data"])
+    train = table.where_split("train").where_tasks(["mbpp"], keep=False)
+    top = train.costs.mean(axis=0).argmax()
+    assert outcome.tau == pytest.approx(float(np.quantile(train.costs[:, top], 0.99)))
+
+
+def test_cli_demo_end_to_end(small_shards, routerbench_dir, tmp_path, capsys):
+    from barp_ray.cli import main
+
+    out = tmp_path / "demo"
+    code = main([
+        "demo", "--data", str(routerbench_dir), "--out", str(out), "--max-rows-per-task", "12",
+        "--epochs", "1", "--no-loto",
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for name in ("metrics.json", "report.md", "cost_quality.png"):
+        assert (out / "eval" / name).exists() and str(out / "eval" / name) in printed
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    barp = metrics["routers"]["barp"]
+    assert len(barp["points"]) == 11 and 0.0 <= barp["aiq"] <= 1.0
+    assert set(barp["points"]["0.5"]["per_task"]) == {"arc-challenge", "mbpp", "winogrande"}
+    assert "offline_mlp" in metrics["routers"] and "knn" in metrics["routers"]
+    assert "Data validation" in (out / "eval" / "report.md").read_text()
+
+
+def test_cli_rejects_a_bad_data_dir_with_a_clear_error(tmp_path, capsys):
+    from barp_ray.cli import main
+
+    assert main(["prepare", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "nowhere" in capsys.readouterr().err
