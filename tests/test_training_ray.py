@@ -14,7 +14,7 @@ from barp_ray.policy import load_policy, read_policy_metadata
 from barp_ray.training.config import TrainConfig
 from barp_ray.training.trainer import train_policy
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _cfg(small_shards, tmp_path, **kw) -> TrainConfig:
@@ -38,25 +38,25 @@ def test_embeddings_are_real_and_cached(small_shards):
 def test_ray_train_two_workers_checkpoint_then_resume(small_shards, tmp_path):
     cfg = _cfg(small_shards, tmp_path, num_workers=2, name="two-workers")
     first = train_policy(cfg)
-    assert [m["epoch"] for m in first.history] == [0, 1]
-    assert all(not m["resumed"] for m in first.history)
+    assert [m["epoch"] for m in first.history] == [0, 1]  # both epochs checkpointed
+    assert first.latest_metrics["epoch"] == 1 and first.latest_metrics["resumed"] is False
     policy = load_policy(first.policy_dir)
     assert policy.spec.models == read_shards(small_shards["data"]).models and policy.spec.tau == first.tau
     assert 0.0 <= first.best_metrics["val_aiq"] <= 1.0
 
     # Same storage path and name, more epochs: picks up after the last checkpoint instead of restarting.
     resumed = train_policy(cfg.model_copy(update={"epochs": 3}))
-    assert [m["epoch"] for m in resumed.history] == [0, 1, 2]  # the run's history, old epochs included
-    assert [m["resumed"] for m in resumed.history] == [False, False, True]
-    assert resumed.history[-1]["step"] == 3 * cfg.steps_per_epoch  # optimizer step count carried over
+    assert resumed.latest_metrics["epoch"] == 2 and resumed.latest_metrics["resumed"] is True
+    assert resumed.latest_metrics["step"] == 3 * cfg.steps_per_epoch  # optimizer step count carried over
+    assert [m["epoch"] for m in resumed.history] == [0, 1, 2]  # one run: old and new checkpoints together
 
 
 def test_worker_crash_restarts_from_last_checkpoint(small_shards, tmp_path):
     cfg = _cfg(small_shards, tmp_path, epochs=3, name="crash", inject_failure_at_epoch=1, max_failures=1)
     outcome = train_policy(cfg)
-    epochs = [m["epoch"] for m in outcome.history]
-    assert epochs[-1] == 2 and 0 in epochs
-    assert outcome.history[-1]["resumed"] is True  # the restarted group restored the epoch-0 checkpoint
+    assert outcome.latest_metrics["epoch"] == 2
+    assert outcome.latest_metrics["resumed"] is True  # the restarted group restored the epoch-0 checkpoint
+    assert [m["epoch"] for m in outcome.history] == [0, 1, 2]
     assert read_policy_metadata(outcome.policy_dir)["epoch"] in (0, 1, 2)
 
 

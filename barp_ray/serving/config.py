@@ -136,7 +136,8 @@ class RouterDeploymentConfig(_Strict):
     max_replicas: int = Field(default=2, ge=1)
     initial_replicas: int | None = Field(default=None, ge=0)
     target_ongoing_requests: float = Field(default=16, gt=0)
-    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_ongoing_requests: int = Field(default=256, ge=1, description="requests in flight per replica (they "
+                                      "wait on upstreams too); >= batching.max_batch_size * 8 avoids a Serve warning")
     upscale_delay_s: float = Field(default=10.0, ge=0)
     downscale_delay_s: float = Field(default=30.0, ge=0)
     metrics_interval_s: float = Field(default=2.0, gt=0, description="how often replicas report load")
@@ -172,6 +173,10 @@ class BatchingConfig(_Strict):
     enabled: bool = True
     max_batch_size: int = Field(default=32, ge=1)
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    coalesce: bool = Field(
+        default=True, description="merge @serve.batch batches that wait behind a running forward into one pass"
+    )
+    max_forward_size: int = Field(default=64, ge=1, description="prompts per merged forward pass, at most")
 
 
 class ExplorationConfig(_Strict):

@@ -100,7 +100,8 @@ class RoutingEngine:
         self.version = policy_version(self.location)
         self.encoder_name = encoder or self.spec.encoder
         self.encoder = load_encoder(self.encoder_name, device=device)
-        dim = self.encoder.get_embedding_dimension() if hasattr(self.encoder, "get_embedding_dimension") else self.encoder.get_sentence_embedding_dimension()
+        enc = self.encoder
+        dim = (getattr(enc, "get_embedding_dimension", None) or enc.get_sentence_embedding_dimension)()
         if dim != self.spec.embed_dim:
             raise ValueError(
                 f"encoder {self.encoder_name!r} gives {dim}-dim embeddings, the policy expects "

@@ -52,6 +52,8 @@ from barp_ray.serving.schemas import (
 logger = logging.getLogger("ray.serve")
 
 PREFERENCE_HEADER = "x-barp-preference"
+# @serve.batch batches that may be in flight at once: they queue in the ForwardCoalescer and share a forward
+MAX_CONCURRENT_BATCHES = 8
 BUDGET_HEADER = "x-barp-budget"
 
 app = FastAPI(
@@ -158,6 +160,59 @@ def short_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = next((t for t in reversed(text) if t.strip()), "") if text else ""
     return f"{type(exc).__name__}: {line}"[:300]
+
+
+class ForwardCoalescer:
+    """Runs `fn(texts, w_costs)` on one executor thread and merges every batch waiting behind a running forward.
+
+    `@serve.batch` forms the next batch as soon as its wait window closes, even while the previous forward
+    still runs, so under load it hands over several small batches in a row. They all wait here, and the
+    next forward takes all of them (up to `max_items` prompts): one forward pass per free moment of the
+    thread, with no extra waiting when the replica is idle.
+    """
+
+    def __init__(self, fn, executor, max_items: int, on_forward=None) -> None:
+        self.fn, self.executor, self.max_items, self.on_forward = fn, executor, max_items, on_forward
+        self.pending: list[tuple[list[str], list[float], asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+
+    async def run(self, texts: list[str], w_costs: list[float]) -> tuple[np.ndarray, int]:
+        """(probabilities of these prompts, size of the forward pass they were part of)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((list(texts), list(w_costs), future))
+        if self.task is None or self.task.done():
+            self.task = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            take, n = [], 0
+            while self.pending and (not take or n + len(self.pending[0][0]) <= self.max_items):
+                item = self.pending.pop(0)
+                if item[2].done():  # cancelled while waiting (client went away)
+                    continue
+                take.append(item)
+                n += len(item[0])
+            if not take:
+                continue
+            texts = [t for item in take for t in item[0]]
+            w_costs = [w for item in take for w in item[1]]
+            try:
+                probs = await loop.run_in_executor(self.executor, self.fn, texts, w_costs)
+            except Exception as exc:  # every waiting request gets the error, none hangs
+                for _, _, future in take:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            if self.on_forward is not None:
+                self.on_forward(n)
+            start = 0
+            for item_texts, _, future in take:
+                if not future.done():
+                    future.set_result((probs[start : start + len(item_texts)], n))
+                start += len(item_texts)
 
 
 def counts_rejections(endpoint):
@@ -307,6 +362,10 @@ class BarpRouter:
             import torch
 
             self._executor.submit(torch.set_num_threads, cfg.router.torch_threads).result()
+        self.coalescer = None
+        if cfg.batching.enabled and cfg.batching.coalesce:
+            self.coalescer = ForwardCoalescer(self.engine.forward, self._executor, cfg.batching.max_forward_size,
+                                              on_forward=lambda n: self.metrics.batch_size.observe(n))
         self._forward_batched.set_max_batch_size(cfg.batching.max_batch_size)
         self._forward_batched.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
         self._executor.submit(self.engine.forward, ["warm up the encoder"], [0.5]).result()
@@ -427,11 +486,16 @@ class BarpRouter:
         return float(self.calibration.w_cost_for(budget))
 
     # ---- the decision ---------------------------------------------------------------------------
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _forward_batched(self, texts: list[str], w_costs: list[float]) -> list[tuple[np.ndarray, int]]:
-        probs = await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.forward, texts, w_costs)
-        self.metrics.batch_size.observe(len(texts))
-        return [(probs[i], len(texts)) for i in range(len(texts))]
+        if self.coalescer is not None:
+            probs, size = await self.coalescer.run(texts, w_costs)
+        else:
+            probs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.engine.forward, texts, w_costs)
+            size = len(texts)
+            self.metrics.batch_size.observe(size)
+        return [(probs[i], size) for i in range(len(texts))]
 
     async def _forward(self, text: str, w_cost: float) -> tuple[np.ndarray, int]:
         if self.cfg.batching.enabled:

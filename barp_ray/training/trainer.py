@@ -39,7 +39,8 @@ class TrainOutcome:
     policy_dir: Path | None  # local copy of the best policy (None when storage is remote)
     best_checkpoint: str  # path or URI of the best checkpoint (itself a loadable policy folder)
     best_metrics: dict
-    history: list[dict]
+    latest_metrics: dict  # the last epoch's report
+    history: list[dict]  # metrics of the kept checkpoints, by epoch
     tau: float
     seconds: float
 
@@ -179,8 +180,8 @@ def train_policy(cfg: TrainConfig, export_dir: str | Path | None = None) -> Trai
     result = trainer.fit()
     if result.error:
         raise result.error
-    history = [dict(m) for m in (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe
-                                 is not None else [])]
+    kept = [dict(m) for _, m in (result.best_checkpoints or [])]
+    history = sorted(kept, key=lambda m: m.get("epoch", -1))
     ranked = sorted(result.best_checkpoints or [], key=lambda cm: cm[1].get(SELECT_METRIC, -np.inf))
     best_ckpt, best_metrics = ranked[-1] if ranked else (result.checkpoint, result.metrics)
     policy_dir = None
@@ -194,6 +195,7 @@ def train_policy(cfg: TrainConfig, export_dir: str | Path | None = None) -> Trai
         policy_dir=policy_dir,
         best_checkpoint=best_ckpt.path,
         best_metrics=dict(best_metrics),
+        latest_metrics=dict(result.metrics or {}),
         history=history,
         tau=tau,
         seconds=time.perf_counter() - start,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serve_helpers import APP_NAME, free_port, wait_until
 
 from barp_ray.config import default_data_dir
-from serve_helpers import APP_NAME, free_port, wait_until
 
 # the candidate models of the test policy: cheapest ... largest
 TEST_MODELS = [
@@ -109,7 +109,8 @@ def tiny_policy(tmp_path_factory) -> TinyPolicy:
     probe_index = int(differs[0]) if len(differs) else 0
     quality, cheap = int(at_quality[probe_index]), int(at_cost[probe_index])
     tp = TinyPolicy(
-        policy_dir=policy_dir, calibration=calibration, shards=out / "shards", models=list(table.models), prompts=list(table.prompts),
+        policy_dir=policy_dir, calibration=calibration, shards=out / "shards", models=list(table.models),
+        prompts=list(table.prompts),
         prompt_ids=[str(p) for p in table.prompt_ids], mean_cost=mean_cost, probe=table.prompts[probe_index],
         quality_choice=table.models[quality], cheap_choice=table.models[cheap],
     )
@@ -145,7 +146,7 @@ def app_config(policy: TinyPolicy, log_dir: Path, keys_file: Path, failing_model
         "calibration": str(policy.calibration),
         "default_preference": {"quality": 0.5, "cost": 0.5},
         "upstreams": upstreams,
-        "router": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 32,
+        "router": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 64,
                    "graceful_shutdown_timeout_s": 2, "health_check_period_s": 2},
         "batching": {"enabled": True, "max_batch_size": 8, "batch_wait_timeout_s": 0.005},
         "fallback": {"max_fallbacks": 2},

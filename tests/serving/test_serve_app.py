@@ -11,10 +11,9 @@ import json
 
 import httpx
 import pytest
+from serve_helpers import free_port, router_replica_actor_names, wait_until
 
 from barp_ray.serving.decision_log import read_decision_log, read_policies
-
-from serve_helpers import free_port, router_replica_actor_names, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -147,7 +146,8 @@ def test_cheap_preference_picks_a_cheaper_model(serve_app, client):
     for headers in ({"x-barp-preference": "quality=0,cost=1"}, {"x-barp-preference": "1.0"}):
         r = client.post("/v1/route", json={"prompt": tp.probe}, headers=headers).json()
         assert r["model"] == tp.cheap_choice and r["preference_source"] == "header"
-    assert client.post("/v1/route", json={"prompt": tp.probe, "preference": {"cost": 1}}).json()["model"] == tp.cheap_choice
+    one_weight = client.post("/v1/route", json={"prompt": tp.probe, "preference": {"cost": 1}}).json()
+    assert one_weight["model"] == tp.cheap_choice
     # the chat answer costs less with the cheap preference than the quality one served
     chat = client.post("/v1/chat/completions", json={"messages": _messages(tp.probe), "preference": CHEAP}).json()
     assert chat["model"] == tp.cheap_choice

@@ -290,3 +290,47 @@ def test_decision_json_is_plain_json():
     out = decision_json(frame)
     assert json.loads(json.dumps(out)) == {"a": None, "b": None, "c": [0.5, 0.5], "d": "2024-01-01T00:00:00+00:00",
                                            "e": 3}
+
+
+# ---- forward coalescing -----------------------------------------------------------------------------------
+def test_forward_coalescer_merges_waiting_batches_and_propagates_errors():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from barp_ray.serving.router import ForwardCoalescer
+
+    calls: list[list[str]] = []
+    gate = threading.Event()
+
+    def forward(texts, w_costs):
+        calls.append(list(texts))
+        if len(calls) == 1:
+            gate.wait(5)  # the first pass is slow: the others queue behind it
+        if "boom" in texts:
+            raise ValueError("boom")
+        return np.array([[len(t), w] for t, w in zip(texts, w_costs, strict=True)], dtype=float)
+
+    sizes: list[int] = []
+    executor = ThreadPoolExecutor(1)
+    coalescer = ForwardCoalescer(forward, executor, max_items=3, on_forward=sizes.append)
+
+    async def scenario():
+        first = asyncio.create_task(coalescer.run(["a"], [0.1]))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(coalescer.run([t], [0.2])) for t in ("bb", "ccc", "dddd", "eeeee")]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert calls == [["a"], ["bb", "ccc", "dddd"], ["eeeee"]] and sizes == [1, 3, 1]
+    assert first[0].tolist() == [[1, 0.1]] and first[1] == 1
+    assert [r[0][0][0] for r in rest] == [2, 3, 4, 5] and [r[1] for r in rest] == [3, 3, 3, 1]
+
+    async def failing():
+        return await asyncio.gather(coalescer.run(["boom"], [0.0]), return_exceptions=True)
+
+    time.sleep(0.01)
+    assert isinstance(asyncio.run(asyncio.wait_for(failing(), 10))[0], ValueError)
+    executor.shutdown()

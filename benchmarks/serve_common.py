@@ -1,0 +1,174 @@
+"""Shared pieces of the Serve benchmarks: a local Ray + Serve on a free loopback port, prompts, load, output.
+
+Not a benchmark itself; see serve_latency.py and serve_autoscale.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+API_KEY = "bench-key"
+APP_NAME = "barp-bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> dict:
+    """Load and size of this (shared) machine, recorded with every number."""
+    load = os.getloadavg()
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_1_5_15": [round(x, 2) for x in load],
+            "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def default_policy() -> str:
+    for candidate in (REPO / "runs" / "demo" / "policy", Path("/tmp/barp/smoke/policy")):
+        if (candidate / "policy.json").exists():
+            return str(candidate)
+    raise SystemExit("no checkpoint: run `barp demo` (writes runs/demo/policy) or pass --policy")
+
+
+def load_prompts(n: int, kind: str = "routerbench", seed: int = 0) -> list[str]:
+    """`n` RouterBench test prompts (long: few-shot, most truncated at 256 tokens by MiniLM), or their
+    first line cut to at most 20 words (`short`: chat-like)."""
+    from barp_ray.config import default_data_dir
+    from barp_ray.data.readers import load_raw
+
+    raw = load_raw(default_data_dir(), models=["gpt-4-1106-preview"])
+    test = [p for p, s in zip(raw.prompts, raw.split, strict=True) if s == "test" and p.strip()]
+    rng = np.random.default_rng(seed)
+    picked = [test[i] for i in rng.choice(len(test), size=min(n, len(test)), replace=False)]
+    if kind == "short":
+        picked = [" ".join(p.strip().splitlines()[0].split()[:20]) for p in picked]
+    return picked
+
+
+def percentiles(values_ms: list[float]) -> dict:
+    if not values_ms:
+        return {"n": 0}
+    a = np.asarray(values_ms)
+    return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 3),
+            "p90_ms": round(float(np.percentile(a, 90)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
+            "mean_ms": round(float(a.mean()), 3)}
+
+
+def start_ray_and_serve(num_cpus: int = 4) -> int:
+    """A private local Ray (never an existing cluster) and Serve on a free 127.0.0.1 port; returns it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import ray
+    from ray import serve
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             object_store_memory=512 * 1024**2, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    return port
+
+
+def deploy(config: dict, port: int, timeout_s: float = 600) -> float:
+    """(Re)deploy the router app with `config` and wait for /healthz; returns the seconds it took."""
+    import httpx
+    from ray import serve
+
+    from barp_ray.serving.app import build_app
+
+    start = time.perf_counter()
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError("router did not become healthy")
+
+
+def app_config(policy: str, log_dir: str, keys_file: str, **overrides) -> dict:
+    cfg = {
+        "policy": policy,
+        "auth": {"enabled": True, "api_keys_env": None, "api_keys_file": keys_file},
+        "decision_log": {"path": log_dir, "flush_rows": 1024, "flush_interval_s": 5},
+        "router": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 256},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def keys_file(out_dir: Path) -> str:
+    path = out_dir / "api_keys.txt"
+    path.write_text(API_KEY + "\n")
+    return str(path)
+
+
+async def closed_loop(
+    url: str, bodies: list[dict], clients: int, duration_s: float, warmup_s: float = 2.0, timeout_s: float = 60.0,
+) -> dict:
+    """`clients` concurrent closed-loop clients POSTing `bodies` round-robin for warmup + duration seconds.
+
+    Counts only requests that complete inside the measured window; returns throughput and latency stats.
+    """
+    import httpx
+
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    latencies: list[float] = []
+    errors = 0
+    t0 = time.perf_counter()
+    measure_from, stop_at = t0 + warmup_s, t0 + warmup_s + duration_s
+
+    async def one_client(idx: int, client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        i = idx
+        while True:
+            now = time.perf_counter()
+            if now >= stop_at:
+                return
+            start = time.perf_counter()
+            try:
+                r = await client.post(url, json=bodies[i % len(bodies)])
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            end = time.perf_counter()
+            if start >= measure_from and end <= stop_at:
+                if ok:
+                    latencies.append((end - start) * 1000.0)
+                else:
+                    errors += 1
+            i += clients
+
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout_s) as client:
+        await asyncio.gather(*(one_client(i, client) for i in range(clients)))
+    return {"clients": clients, "duration_s": duration_s, "completed": len(latencies), "errors": errors,
+            "throughput_rps": round(len(latencies) / duration_s, 3), **percentiles(latencies)}
+
+
+def write_results(out_dir: Path, name: str, results: dict, markdown: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js = out_dir / f"{name}.json"
+    md = out_dir / f"{name}.md"
+    js.write_text(json.dumps(results, indent=2))
+    md.write_text(markdown)
+    return js, md
