@@ -20,8 +20,8 @@ import argparse
 import asyncio
 import threading
 import time
+from pathlib import Path
 
-import psutil
 import serve_common as sc
 
 ROUTER = "BarpRouter"
@@ -42,16 +42,25 @@ def router_status() -> dict:
 
 
 def router_pids() -> list[int]:
-    wanted = f"ServeReplica:{sc.APP_NAME}:{ROUTER}"
+    """PIDs of the router replicas, found by their process title (Linux /proc; no psutil needed)."""
+    wanted = f"ServeReplica:{sc.APP_NAME}:{ROUTER}".encode()
     pids = []
-    for proc in psutil.process_iter(["pid", "cmdline", "name"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
-        if wanted in cmd:
-            pids.append(proc.info["pid"])
+        try:
+            if wanted in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
     return sorted(pids)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 class Sampler(threading.Thread):
@@ -80,7 +89,7 @@ def phase_autoscale(args, policy: str, out, port: int, keys: str, bodies: list[d
         router={"min_replicas": 1, "max_replicas": args.max_replicas, "target_ongoing_requests": args.target,
                 "upscale_delay_s": args.upscale_delay_s, "downscale_delay_s": args.downscale_delay_s,
                 "metrics_interval_s": 1.0, "look_back_period_s": 5.0, "num_cpus": 0.5, "max_ongoing_requests": 256},
-        batching={"enabled": True, "max_batch_size": 16, "batch_wait_timeout_s": 0.005},
+        batching={"enabled": True, "max_batch_size": 16, "batch_wait_timeout_s": 0.002},
     )
     took = sc.deploy(cfg, port)
     print(f"deployed in {took:.1f}s", flush=True)
@@ -112,17 +121,17 @@ def phase_rss(args, policy: str, out, port: int, keys: str, bodies: list[dict]) 
     cfg = sc.app_config(
         policy, str(out / "decisions-rss"), keys,
         router={"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 256},
-        batching={"enabled": True, "max_batch_size": 16, "batch_wait_timeout_s": 0.005},
+        batching={"enabled": True, "max_batch_size": 16, "batch_wait_timeout_s": 0.002},
     )
     took = sc.deploy(cfg, port)
     pids = router_pids()
     if len(pids) != 1:
         raise RuntimeError(f"expected one router replica process, found {pids}")
-    proc = psutil.Process(pids[0])
-    print(f"deployed in {took:.1f}s; router replica pid {proc.pid}", flush=True)
+    pid = pids[0]
+    print(f"deployed in {took:.1f}s; router replica pid {pid}", flush=True)
 
     def rss() -> dict:
-        return {"rss_mb": round(proc.memory_info().rss / 2**20, 1), "pid": proc.pid}
+        return {"rss_mb": rss_mb(pid), "pid": pid}
 
     sampler = Sampler(args.rss_every_s, rss)
     sampler.start()

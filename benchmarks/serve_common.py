@@ -74,14 +74,23 @@ def start_ray_and_serve(num_cpus: int = 4) -> int:
     import ray
     from ray import serve
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             object_store_memory=512 * 1024**2, log_to_driver=False)
+    for attempt in range(3):  # a busy shared machine can time the GCS start out
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     object_store_memory=512 * 1024**2, log_to_driver=False)
+            break
+        except Exception as exc:  # noqa: BLE001
+            if attempt == 2:
+                raise
+            print(f"ray.init failed ({exc}); retrying", flush=True)
+            ray.shutdown()
+            time.sleep(10)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     return port
 
 
-def deploy(config: dict, port: int, timeout_s: float = 600) -> float:
+def deploy(config: dict, port: int, timeout_s: float = 600, name: str = APP_NAME, prefix: str = "") -> float:
     """(Re)deploy the router app with `config` and wait for /healthz; returns the seconds it took."""
     import httpx
     from ray import serve
@@ -89,11 +98,11 @@ def deploy(config: dict, port: int, timeout_s: float = 600) -> float:
     from barp_ray.serving.app import build_app
 
     start = time.perf_counter()
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(config), name=name, route_prefix=prefix or "/", blocking=False)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{prefix}/healthz", timeout=5).status_code == 200:
                 return time.perf_counter() - start
         except httpx.HTTPError:
             pass

@@ -65,10 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int)
     args = p.parse_args(argv)
 
-    from barp_ray.pipeline import ensure_ray
     from barp_ray.training.trainer import train_policy
     from barp_ray.tuning.config import SweepConfig
-    from barp_ray.tuning.sweep import export_checkpoint, run_sweep
+    from barp_ray.tuning.sweep import connect_ray, export_checkpoint, run_sweep
 
     out = args.out.resolve()
     demo = REPO / "runs" / "demo" / "data"
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(cfg.describe(), flush=True)
     record: dict = {"config": str(args.config), "num_samples": cfg.num_samples,
                     "max_concurrent_trials": cfg.max_concurrent_trials, "load_before": load_average()}
-    ensure_ray(num_cpus=cfg.local_num_cpus)
+    connect_ray(cfg)
     record["data"] = {"dir": str(data), **ensure_data(data)}
 
     t = time.perf_counter()

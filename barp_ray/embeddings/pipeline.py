@@ -101,7 +101,7 @@ def embed_prompts_ray(
         PromptEmbedder,
         fn_constructor_kwargs={"encoder": encoder, "batch_size": batch_size, "device": "cuda" if use_gpu else None},
         batch_size=batch_size,
-        concurrency=num_actors,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=cpus_per_actor,
         num_gpus=1 if use_gpu else 0,
         batch_format="numpy",

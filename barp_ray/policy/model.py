@@ -96,9 +96,11 @@ class BarpPolicy(nn.Module):
         return self.forward(embedding, w).argmax(dim=-1)
 
 
-def preference_tensor(w_cost: float | torch.Tensor, n: int | None = None) -> torch.Tensor:
+def preference_tensor(
+    w_cost: float | torch.Tensor, n: int | None = None, device: str | torch.device | None = None
+) -> torch.Tensor:
     """w = (1 - w_c, w_c) as a (n, 2) float tensor, from a scalar or a (n,) tensor of w_c."""
-    wc = torch.as_tensor(w_cost, dtype=torch.float32)
+    wc = torch.as_tensor(w_cost, dtype=torch.float32, device=device)
     if wc.ndim == 0:
         wc = wc.expand(n if n is not None else 1)
     if bool(((wc < 0) | (wc > 1)).any()):

@@ -118,7 +118,7 @@ class UpstreamConfig(_Strict):
     )
     num_cpus: float = Field(default=0.05, gt=0, description="per replica (fractional: upstreams mostly wait)")
     num_replicas: int = Field(default=1, ge=1)
-    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_ongoing_requests: int = Field(default=256, ge=1, description="requests in flight per replica")
 
     @model_validator(mode="after")
     def _settings_for_kind(self) -> UpstreamConfig:
@@ -172,7 +172,7 @@ class BatchingConfig(_Strict):
 
     enabled: bool = True
     max_batch_size: int = Field(default=32, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    batch_wait_timeout_s: float = Field(default=0.002, ge=0, description="wait for more requests after the first")
     coalesce: bool = Field(
         default=True, description="merge @serve.batch batches that wait behind a running forward into one pass"
     )
@@ -215,7 +215,9 @@ class DecisionLogConfig(_Strict):
     flush_interval_s: float = Field(default=5.0, gt=0, description="... or this long after the first one")
     max_buffer_rows: int = Field(default=20_000, ge=1, description="hard bound; oldest rows dropped beyond")
     log_prompt_text: bool = Field(default=True, description="store the prompt text (else only its hash)")
-    feedback_sync: bool = Field(default=True, description="write feedback before answering (durable)")
+    feedback_sync: bool = Field(
+        default=True, description="write feedback before answering (durable); false: buffer it with the decisions"
+    )
 
 
 class ServeAppConfig(JobConfig):

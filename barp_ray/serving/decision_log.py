@@ -121,6 +121,7 @@ class DecisionLog:
         self.flush_interval_s = flush_interval_s
         self.max_buffer_rows = max_buffer_rows
         self._buffer: list[dict] = []
+        self._feedback: list[dict] = []
         self._first_at: float | None = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -141,22 +142,43 @@ class DecisionLog:
                 del self._buffer[:overflow]
                 self.dropped += overflow
 
+    def append_feedback(self, row: dict) -> None:
+        """Buffer a feedback row (written by the next `flush`); `write_feedback` writes at once instead."""
+        with self._lock:
+            self._feedback.append(row)
+            if self._first_at is None:
+                self._first_at = time.monotonic()
+            overflow = len(self._feedback) - self.max_buffer_rows
+            if overflow > 0:
+                del self._feedback[:overflow]
+                self.dropped += overflow
+
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + len(self._feedback)
 
     def due(self) -> bool:
         with self._lock:
-            if not self._buffer:
+            if not self._buffer and not self._feedback:
                 return False
-            return len(self._buffer) >= self.flush_rows or (
+            return len(self._buffer) + len(self._feedback) >= self.flush_rows or (
                 time.monotonic() - (self._first_at or 0.0) >= self.flush_interval_s
             )
 
     def flush(self) -> int:
-        """Write the buffered decisions as one parquet file; returns the rows written (0 on failure)."""
+        """Write the buffered decisions as one parquet file (and buffered feedback as another); returns the
+        decision rows written (0 on failure: the rows stay buffered, within the bound)."""
         with self._lock:
             rows, self._buffer, self._first_at = self._buffer, [], None
+            feedback, self._feedback = self._feedback, []
+        if feedback:
+            try:
+                self.write_feedback(feedback)
+            except Exception:
+                logger.exception("decision log: writing %d feedback rows to %s failed; will retry", len(feedback),
+                                 self.uri)
+                with self._lock:
+                    self._feedback = (feedback + self._feedback)[-self.max_buffer_rows :]
         if not rows:
             return 0
         try:

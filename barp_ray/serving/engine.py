@@ -119,6 +119,8 @@ class RoutingEngine:
 
         from barp_ray.policy.model import preference_tensor
 
+        if len(texts) != len(w_costs):
+            raise ValueError(f"{len(texts)} texts but {len(w_costs)} preferences")
         emb = torch.as_tensor(self.embed(texts), dtype=torch.float32, device=self.device)
         w = preference_tensor(torch.as_tensor(w_costs, dtype=torch.float32, device=self.device))
         with torch.inference_mode():

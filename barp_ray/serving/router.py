@@ -424,6 +424,8 @@ class BarpRouter:
             data = json.loads(raw) if raw else None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"body: not valid JSON ({exc})", param="body", code="invalid_json") from None
+        except RecursionError:
+            raise ApiError(400, "body: JSON nested too deeply", param="body", code="invalid_json") from None
         if not isinstance(data, dict):
             raise ApiError(400, "body: expected a JSON object", param="body", code="invalid_json")
         try:
@@ -459,6 +461,7 @@ class BarpRouter:
 
     def _resolve_w(self, request: Request, preference: Preference | None, budget: Budget | None
                    ) -> tuple[float, str, Budget | None]:
+        """(w_c, where it came from, the budget if one was used)."""
         if preference is not None and budget is not None:
             raise ApiError(400, "preference: give a preference or a budget, not both", param="preference")
         header_pref = request.headers.get(PREFERENCE_HEADER)
@@ -485,8 +488,11 @@ class BarpRouter:
                            "a preference; give `preference` instead (operators: set `calibration`)", param=param)
         return float(self.calibration.w_cost_for(budget))
 
+    def _budget_met(self, budget: Budget | None) -> bool | None:
+        return None if budget is None or self.calibration is None else bool(self.calibration.choose(budget)[1])
+
     # ---- the decision ---------------------------------------------------------------------------
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _forward_batched(self, texts: list[str], w_costs: list[float]) -> list[tuple[np.ndarray, int]]:
         if self.coalescer is not None:
             probs, size = await self.coalescer.run(texts, w_costs)
@@ -558,6 +564,7 @@ class BarpRouter:
             "preference": {"quality": 1.0 - d.w_cost, "cost": d.w_cost},
             "preference_source": d.preference_source,
             "budget": None if d.budget is None else d.budget.model_dump(exclude_none=True),
+            "budget_met": self._budget_met(d.budget),
             "probabilities": {m: float(p) for m, p in zip(self.models, d.probs, strict=True)},
             "probability": float(d.probs[d.choice.index]),
             "propensity": d.choice.propensity,
@@ -816,8 +823,8 @@ class BarpRouter:
         if durable:
             await asyncio.to_thread(self.log.flush)  # the decision itself, if this replica still buffers it
             await asyncio.to_thread(self.log.write_feedback, [row])
-        else:
-            asyncio.get_running_loop().run_in_executor(None, self.log.write_feedback, [row])
+        else:  # buffered with the decisions (at most flush_interval_s late; lost if the replica crashes)
+            self.log.append_feedback(row)
         return {"decision_id": body.decision_id, "score": body.score, "recorded": True, "durable": durable}
 
     @app.get("/v1/decisions/{decision_id}")
@@ -852,7 +859,7 @@ class BarpRouter:
 
     @app.get("/healthz")
     async def healthz(self):
-        return {"status": "ok", "replica": self.replica, "pid": os.getpid(), "policy_version": self.engine.version,
+        return {"status": "ok", "replica": self.replica, "policy_version": self.engine.version,
                 "models": len(self.upstreams), "batching": self.cfg.batching.enabled,
                 "log_buffered": self.log.buffered if self.log else 0}
 

@@ -141,7 +141,7 @@ class ReinforceLearner:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step_count = int(state["step_count"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # RNG state is a CPU ByteTensor
 
 
 @torch.no_grad()
@@ -153,7 +153,8 @@ def greedy_curve(policy: BarpPolicy, data: PolicyData, w_grid: np.ndarray) -> di
     scores, costs, rewards = [], [], []
     rows = torch.arange(len(data), device=data.embeddings.device)
     for wc in w_grid:
-        choice = policy(data.embeddings, preference_tensor(float(wc), len(data))).argmax(dim=-1)
+        w = preference_tensor(float(wc), len(data), device=data.embeddings.device)
+        choice = policy(data.embeddings, w).argmax(dim=-1)
         q, c = data.scores[rows, choice], data.costs[rows, choice]
         scores.append(float(q.mean()))
         costs.append(float(c.mean()))

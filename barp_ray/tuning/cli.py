@@ -23,16 +23,17 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
 
 @command("tune", "Ray Tune sweep (ASHA, Optuna) over training hyperparameters; exports the best")(_tune_args)
 def _tune(args: argparse.Namespace) -> int:
-    from barp_ray.pipeline import ensure_ray
     from barp_ray.tuning.config import SweepConfig
-    from barp_ray.tuning.sweep import run_sweep
+    from barp_ray.tuning.sweep import connect_ray, run_sweep
 
     cfg = _load(
         SweepConfig, args, data=args.data, out_dir=args.out, storage_path=args.storage_path, name=args.name,
         num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent_trials,
         search_alg=args.search_alg, scheduler=args.scheduler, seed=args.seed, overwrite=args.overwrite,
     )
-    ensure_ray(args.address, num_cpus=cfg.local_num_cpus)
+    dashboard = connect_ray(cfg, args.address)
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}", flush=True)
     outcome = run_sweep(cfg)
     default = "not run" if outcome.default_value is None else f"{outcome.default_value:.4f}"
     print(f"\nbest trial {outcome.best_trial}: {cfg.metric}={outcome.best_value:.4f} "

@@ -104,6 +104,9 @@ class SweepConfig(JobConfig):
     local_num_cpus: int = Field(
         default=4, ge=1, description="logical CPUs of a local Ray started by `barp tune` (not on a cluster)"
     )
+    local_dashboard: bool = Field(
+        default=True, description="a local Ray started by `barp tune` runs the dashboard (and the State API)"
+    )
     time_budget_s: float | None = Field(default=None, gt=0, description="stop starting trials after this")
     seed: int = 0
     base: dict[str, Any] = Field(

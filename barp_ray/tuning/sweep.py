@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "checkpoint_path"  # set by ray.tune.integration.ray_train.TuneReportCallback
 DEFAULT_TAG = "is_default"
+PG_KEY = "train_placement_group"  # the trial's Train worker-group placement group (hex id)
+CONTROLLER_KEY = "train_controller"  # the trial's Train controller actor (hex id)
+REAP_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -71,17 +74,110 @@ def trial_train_config(base: dict[str, Any], params: dict[str, Any], storage: st
     return cfg
 
 
+def _report_callbacks() -> list:
+    """TuneReportCallback, plus the ids the driver needs to free a stopped trial's Train placement group.
+
+    When ASHA stops a trial, Tune ends the trial actor while its Train run is still going: the Train
+    controller dies with it and never removes its worker group's placement group. Ray Train's own
+    PlacementGroupCleaner frees it only where the State API (the dashboard) is up; without it the CPUs stay
+    reserved and later trials wait forever for Ray Data read tasks. So every report also carries the
+    controller's actor id and the worker group's placement group id, and `PlacementGroupReaper` (a Tune
+    callback in the driver) removes that group once the controller is dead.
+    """
+    import ray
+    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class WorkerGroupProbe(WorkerGroupCallback):
+        """Runs in the Train controller: remembers the current worker group's placement group."""
+
+        def __init__(self) -> None:
+            self.pg_id: str | None = None
+
+        def after_worker_group_start(self, worker_group) -> None:
+            try:
+                handle = worker_group.get_worker_group_state().placement_group_handle
+                self.pg_id = handle.placement_group.id.hex()
+            except Exception:  # noqa: BLE001 - best effort: only the cleanup depends on it
+                self.pg_id = None
+
+    class ReportWithIds(TuneReportCallback):
+        def __init__(self, probe: WorkerGroupProbe) -> None:
+            super().__init__()
+            self._probe = probe
+
+        def after_report(self, run_context, metrics, checkpoint):
+            ids = {CONTROLLER_KEY: ray.get_runtime_context().get_actor_id(), PG_KEY: self._probe.pg_id}
+            super().after_report(run_context, [{**metrics[0], **ids}, *metrics[1:]], checkpoint)
+
+    probe = WorkerGroupProbe()
+    return [probe, ReportWithIds(probe)]  # pickled together: the report callback sees the probe's id
+
+
 def _trial_driver(config: dict[str, Any], base: dict[str, Any], train_storage: str) -> None:
     """Tune function trainable: one Ray Train run per trial, metrics forwarded by TuneReportCallback."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_train_config(base, config, train_storage, trial_id)
-    trainer, _ = build_trainer(cfg, callbacks=[TuneReportCallback()])
+    trainer, _ = build_trainer(cfg, callbacks=_report_callbacks())
     result = trainer.fit()
     if result.error:
         raise result.error
+
+
+def _placement_group_reaper():
+    from ray import tune
+
+    class PlacementGroupReaper(tune.Callback):
+        """Driver side: frees the Train placement group of every finished trial whose controller is dead."""
+
+        def __init__(self) -> None:
+            self.pending: dict[str, str] = {}  # placement group id -> Train controller actor id
+            self.removed: list[str] = []
+            self._last = 0.0
+
+        def _note(self, trial) -> None:
+            result = trial.last_result or {}
+            if result.get(PG_KEY) and result.get(CONTROLLER_KEY):
+                self.pending[result[PG_KEY]] = result[CONTROLLER_KEY]
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._note(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._note(trial)
+
+        def on_step_begin(self, iteration, trials, **info) -> None:
+            if self.pending and time.monotonic() - self._last > REAP_INTERVAL_S:
+                self._last = time.monotonic()
+                self.reap()
+
+        def on_experiment_end(self, trials, **info) -> None:
+            deadline = time.monotonic() + 30
+            while self.pending and time.monotonic() < deadline:
+                self.reap()
+                if self.pending:
+                    time.sleep(1.0)
+
+        def reap(self) -> None:
+            import ray
+            from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+            for pg_id, controller in list(self.pending.items()):
+                try:
+                    if ray._private.state.actors(actor_id=controller).get("State") != "DEAD":
+                        continue  # a live controller removes its own group (or still uses it)
+                    pg = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id)))
+                    if ray.util.placement_group_table(pg).get("state") not in (None, "REMOVED"):
+                        remove_placement_group(pg)
+                        self.removed.append(pg_id)
+                        log.info("freed placement group %s of a stopped trial", pg_id)
+                except Exception as exc:  # noqa: BLE001 - never fail the sweep over cleanup
+                    log.warning("could not free placement group %s: %s", pg_id, exc)
+                del self.pending[pg_id]
+
+    return PlacementGroupReaper()
 
 
 def _search_alg(cfg: SweepConfig):
@@ -110,7 +206,9 @@ def _scheduler(cfg: SweepConfig, epochs: int):
 
     return ASHAScheduler(
         time_attr="training_iteration",  # one Tune iteration = one Train epoch report
-        max_t=epochs,
+        # epochs + 1: a trial that reaches its last epoch ends by itself (its Train run shuts down cleanly)
+        # instead of being stopped by ASHA while the run is still finishing.
+        max_t=epochs + 1,
         grace_period=min(cfg.grace_period, epochs),
         reduction_factor=cfg.reduction_factor,
     )
@@ -143,7 +241,9 @@ def build_tuner(cfg: SweepConfig):
             trial_dirname_creator=lambda trial: trial.trial_id,
             trial_name_creator=lambda trial: trial.trial_id,
         ),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=storage, verbose=1),
+        run_config=tune.RunConfig(
+            name=cfg.name, storage_path=storage, verbose=1, callbacks=[_placement_group_reaper()]
+        ),
     )
 
 
@@ -244,6 +344,28 @@ def _markdown(cfg: SweepConfig, outcome: SweepOutcome) -> str:
             cells.append(f"{v:.4g}" if isinstance(v, float) and not isinstance(v, bool) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def connect_ray(cfg: SweepConfig, address: str | None = None) -> str | None:
+    """Connect to `address` / $RAY_ADDRESS, else start a local Ray sized for the sweep; the dashboard URL."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return None
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ctx = ray.init(address=address)
+    else:
+        # More logical CPUs than cores: trial drivers and Train workers take fractions, and Ray Data's read
+        # tasks need a whole free CPU (with none free, a trial's parquet read never starts).
+        ctx = ray.init(
+            num_cpus=cfg.local_num_cpus, include_dashboard=cfg.local_dashboard, dashboard_host="127.0.0.1"
+        )
+    url = getattr(ctx, "dashboard_url", None)
+    return f"http://{url}" if url and "://" not in url else url
 
 
 def _claim_storage(cfg: SweepConfig) -> None:

@@ -255,6 +255,7 @@ def test_bad_input_is_a_4xx_naming_the_field(serve_app, client, body, field):
         ("/v1/feedback", {"json": {"decision_id": "nope", "score": 0.5}}, "decision_id"),
         ("/v1/feedback", {"json": {"decision_id": "0" * 32, "score": 1.5}}, "score"),
         ("/v1/chat/completions", {"content": b"{" + b" " * 1_000_001 + b"}"}, "body"),
+        ("/v1/chat/completions", {"content": b"[" * 200_000 + b"]" * 200_000}, "body"),
     ],
 )
 def test_other_bad_requests(serve_app, client, path, kwargs, field):

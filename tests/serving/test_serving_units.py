@@ -131,7 +131,10 @@ def test_decision_log_roundtrip_and_feedback_join(tmp_path):
     assert log.due() and log.flush() == 2 and log.buffered == 0
     other = DecisionLog(str(tmp_path / "log"), writer="r2")  # a second replica appends beside it
     other.append(_row(3))
+    other.append_feedback({"decision_id": f"{3:032x}", "score": 0.5, "comment": None, "recorded_at": utcnow()})
+    assert other.buffered == 2
     other.flush()
+    assert other.buffered == 0
     log.write_feedback([{"decision_id": f"{1:032x}", "score": 0.2, "comment": None, "recorded_at": utcnow()}])
     log.write_feedback([{"decision_id": f"{1:032x}", "score": 0.9, "comment": "later", "recorded_at": utcnow()}])
     frame = read_decision_log(tmp_path / "log").set_index("decision_id")
@@ -141,7 +144,8 @@ def test_decision_log_roundtrip_and_feedback_join(tmp_path):
     assert np.isnan(frame.loc[f"{2:032x}"]["feedback_score"]) and frame.loc[f"{2:032x}"]["feedback_count"] == 0
     assert list(frame.loc[f"{3:032x}"]["probabilities"]) == pytest.approx([0.4, 0.6])
     assert read_policies(tmp_path / "log") == {"v1": {"models": ["m0", "m1"]}}
-    assert len(read_decisions(tmp_path / "log", f"{2:032x}")) == 1 and len(read_feedback(tmp_path / "log")) == 2
+    assert frame.loc[f"{3:032x}"]["feedback_score"] == 0.5  # buffered feedback, written by flush
+    assert len(read_decisions(tmp_path / "log", f"{2:032x}")) == 1 and len(read_feedback(tmp_path / "log")) == 3
     files = list((tmp_path / "log" / "decisions").glob("*.parquet"))
     assert len(files) == 2 and not list((tmp_path / "log" / "decisions").glob(".tmp-*"))
     assert pq.read_schema(files[0]).field("decided_at").type.tz == "UTC"
@@ -334,3 +338,16 @@ def test_forward_coalescer_merges_waiting_batches_and_propagates_errors():
     time.sleep(0.01)
     assert isinstance(asyncio.run(asyncio.wait_for(failing(), 10))[0], ValueError)
     executor.shutdown()
+
+
+def test_module_app_for_serve_build(tiny_policy, tmp_path, monkeypatch):
+    from ray.serve import Application
+
+    import barp_ray.serving.app as app_module
+
+    cfg = tmp_path / "args.yaml"
+    cfg.write_text(yaml.safe_dump({"policy": str(tiny_policy.policy_dir)}))
+    monkeypatch.setenv(app_module.CONFIG_ENV, str(cfg))
+    assert isinstance(app_module.app, Application)  # what `serve build barp_ray.serving.app:app` imports
+    with pytest.raises(AttributeError):
+        _ = app_module.no_such_attribute
