@@ -82,7 +82,7 @@ def concurrent(port: int, prompts: list[str], modes: list[str], clients: list[in
         for c in clients:
             for m in order:
                 res = asyncio.run(sc.closed_loop(f"http://127.0.0.1:{port}/{m}/v1/route", bodies, c, duration_s,
-                                                 warmup_s=2.0))
+                                                 warmup_s=5.0))
                 print(f"  round {r} {m} {c} clients: {res['throughput_rps']} req/s p50 {res.get('p50_ms')} ms",
                       flush=True)
                 runs[m][c].append(res)
@@ -106,8 +106,8 @@ def main() -> int:
     p.add_argument("--prompt-set", choices=["routerbench", "short", "both"], default="both")
     p.add_argument("--prompts", type=int, default=64, help="distinct prompts per set")
     p.add_argument("--requests-1", type=int, default=100, help="sequential requests per path at 1 client")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration-s", type=float, default=8.0, help="measured seconds per (app, clients) and round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per (app, clients) and round")
     p.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--max-batch-size", type=int, default=32)

@@ -24,9 +24,10 @@ def _poison_test_split(src: Path, dst: Path) -> Path:
     table = read_shards(src)
     test = table.split == "test"
     assert test.any() and (table.split == "val").any()
-    table.scores[test] = np.nan
-    table.costs[test] = np.nan
-    table.embeddings[test] = np.nan
+    for name in ("scores", "costs", "embeddings"):
+        values = getattr(table, name).copy()  # arrays read back from arrow are read-only
+        values[test] = np.nan
+        setattr(table, name, values)
     manifest = read_manifest(src)
     keep = {k: v for k, v in manifest.items() if k in ("prepare", "validation")}
     write_shards(table, dst, num_shards=len(manifest["files"]), extra_manifest=keep)
@@ -73,9 +74,20 @@ def test_barp_tune_runs_a_real_sweep_and_exports_the_best(tuning_data, tmp_path,
     trial_dirs = [d for d in experiment.iterdir() if d.is_dir()]
     assert len(trial_dirs) == 2
     assert all(list(d.glob("events.out.tfevents.*")) for d in trial_dirs)
+    train_groups = set()
     for d in trial_dirs:  # the poisoned test split never reached training, tau or validation
         progress = pd.read_csv(d / "progress.csv")
         assert np.isfinite(progress[["loss", "reward", "val_aiq", "val_reward"]].to_numpy()).all()
+        train_groups |= set(progress["train_placement_group"].dropna())
+
+    # no trial's Train worker group keeps its CPUs reserved after the sweep (ASHA stops included)
+    import ray
+    from ray.util.placement_group import PlacementGroup
+
+    assert train_groups
+    for pg_id in train_groups:
+        state = ray.util.placement_group_table(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+        assert state.get("state") == "REMOVED", (pg_id, state)
     assert list((tmp_path / "storage" / "barp-quick-train").glob("*/checkpoint_*"))
 
     # a second sweep of the same name refuses to mix into the same folder
