@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -25,8 +26,8 @@ def test_runtime_env_excludes_data_caches_and_venv():
     env = job_runtime_env(["extra/"])
     assert {".venv", "runs", ".barp_cache", ".git"} <= set(env["excludes"]) and "extra/" in env["excludes"]
     out = subprocess.run(
-        ["python", "-m", "barp_ray.tuning.jobs", "--runtime-env"], cwd=REPO, capture_output=True, text=True,
-        check=True, env=LocalHead(auth="disabled").client_env(),
+        [sys.executable, "-m", "barp_ray.tuning.jobs", "--runtime-env"], cwd=REPO, capture_output=True,
+        text=True, check=True,
     ).stdout
     assert json.loads(out)["excludes"] == JOB_EXCLUDES
 
