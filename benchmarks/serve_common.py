@@ -110,6 +110,32 @@ def deploy(config: dict, port: int, timeout_s: float = 600, name: str = APP_NAME
     raise TimeoutError("router did not become healthy")
 
 
+def deploy_declarative(config: dict, port: int, name: str = APP_NAME, prefix: str = "/",
+                       timeout_s: float = 600) -> float:
+    """Deploy the app from a Serve config (what `serve run config.yaml` does), so `barp rollout` can update it
+    in place; wait for /healthz; returns the seconds it took."""
+    import httpx
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    start = time.perf_counter()
+    schema = ServeDeploySchema.model_validate({"applications": [{
+        "name": name, "route_prefix": prefix, "import_path": "barp_ray.serving.app:build_app", "args": config,
+        "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
+    }]})
+    _get_global_client().deploy_apps(schema)
+    deadline = time.monotonic() + timeout_s
+    url = f"http://127.0.0.1:{port}{prefix.rstrip('/')}/healthz"
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"app {name} did not become healthy")
+
+
 def app_config(policy: str, log_dir: str, keys_file: str, **overrides) -> dict:
     cfg = {
         "policy": policy,

@@ -2,6 +2,9 @@
 
     build_app({"policy": "runs/demo/policy"})  # -> a Serve Application: BarpRouter + one upstream per model
 
+The router deployment gets `user_config: {policy: <the config's policy>}`: a new checkpoint is rolled out
+by changing only that (`barp rollout`, barp_ray/serving/rollout.py), without restarting replicas.
+
 `app` (module attribute, built on first access) is what `serve build barp_ray.serving.app:app` imports; it
 uses $BARP_SERVE_CONFIG (a YAML of the app config) when set, else the defaults.
 """
@@ -59,6 +62,10 @@ def build_app(args: dict | ServeAppConfig | None = None) -> Application:
         ray_actor_options={"num_cpus": r.num_cpus},
         graceful_shutdown_timeout_s=r.graceful_shutdown_timeout_s,
         health_check_period_s=r.health_check_period_s,
+        # the policy rollout channel: a Serve config that changes only this (`barp rollout`, or a
+        # `deployments: [{name: BarpRouter, user_config: {policy: ...}}]` entry) reconfigures the running
+        # replicas in place; see barp_ray/serving/rollout.py
+        user_config={"policy": cfg.policy},
     )
     return router.bind(cfg.model_dump(mode="json"), handles)
 

@@ -1,8 +1,10 @@
-"""`barp calibrate` and `barp serve-config` (registered into the `barp` CLI when this module is imported)."""
+"""`barp calibrate`, `barp serve-config` and `barp rollout` (registered into the `barp` CLI when this module is
+imported)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import yaml
@@ -99,4 +101,43 @@ def _serve_config(args: argparse.Namespace) -> int:
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     _print_outputs({"serve config": out})
     print(f"\nstart it with: serve run {out}")
+    return 0
+
+
+# ---- rollout --------------------------------------------------------------------------------------------
+def _rollout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", required=True,
+                   help="the new checkpoint: a folder (made absolute; it must be readable where the router "
+                        "replicas run) or an s3:// / gs:// URI")
+    p.add_argument("--app", default="barp", help="Serve application name (default: barp, as in serve/offline.yaml)")
+    p.add_argument("--calibration", help="calibration JSON or shard folder for the new policy (default: the app's; "
+                                         "a shard folder is recalibrated for the new policy)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else auto)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every replica (default 300)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the checks made here (checkpoint readable, models cover the upstreams); the replicas "
+                        "check again and refuse a bad policy")
+
+
+@command("rollout", "roll a new policy checkpoint out to a running router app, in place (Serve user_config)"
+         )(_rollout_args)
+def _rollout(args: argparse.Namespace) -> int:
+    import ray
+
+    from barp_ray.serving.rollout import rollout
+
+    if not ray.is_initialized():
+        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False,
+                 logging_level="ERROR")
+    result = rollout(args.policy, app=args.app, calibration=args.calibration, timeout_s=args.timeout,
+                     check=not args.no_check)
+    print(f"{result.app}: policy {result.old_version} -> {result.new_version} ({result.policy}) on "
+          f"{len(result.replicas)} router replica(s) in {result.seconds:.1f}s, rollout {result.rollout_id}")
+    for replica, status in sorted(result.replicas.items()):
+        print(f"  replica {replica} (pid {status['pid']}): {status['policy_version']} since {status['loaded_at']}")
+    if result.restarted:
+        print(f"note: replicas {result.restarted} went away during the rollout (restarted or scaled down)")
+    else:
+        print("no replica was restarted: decisions log policy_version "
+              f"{result.new_version} from now on (read_decision_log(...).policy_version)")
     return 0

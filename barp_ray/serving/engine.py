@@ -87,7 +87,11 @@ def choose(
 class RoutingEngine:
     """Loads a checkpoint and its encoder once; `forward(texts, w_costs)` -> pi(.|x, w) as (B, K) numpy."""
 
-    def __init__(self, policy: str, encoder: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, policy: str, encoder: str | None = None, device: str = "cpu", encoder_model=None,
+    ) -> None:
+        """`encoder_model`: an already-loaded encoder to share (a policy rollout keeps the replica's MiniLM);
+        it must be the encoder named by `encoder` (else the checkpoint's), which is not loaded again."""
         import torch  # noqa: F401  (heavy imports stay out of module import)
 
         from barp_ray.embeddings.encoder import load_encoder
@@ -99,7 +103,7 @@ class RoutingEngine:
         self.models: list[str] = list(self.spec.models)
         self.version = policy_version(self.location)
         self.encoder_name = encoder or self.spec.encoder
-        self.encoder = load_encoder(self.encoder_name, device=device)
+        self.encoder = encoder_model if encoder_model is not None else load_encoder(self.encoder_name, device=device)
         enc = self.encoder
         dim = (getattr(enc, "get_embedding_dimension", None) or enc.get_sentence_embedding_dimension)()
         if dim != self.spec.embed_dim:

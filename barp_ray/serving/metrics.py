@@ -1,7 +1,8 @@
 """Ray Serve custom metrics of the router (exported to Prometheus by Ray's metrics agent).
 
-Every tag takes values from a bounded set (candidate models, fixed status / reason names), so the number
-of time series is bounded whatever the traffic. Serve adds `deployment`, `replica` and `application` tags.
+Every tag takes values from a bounded set (candidate models, fixed status / reason names, the policy
+versions rolled out to the replica), so the number of time series is bounded whatever the traffic. Serve
+adds `deployment`, `replica` and `application` tags.
 """
 
 from __future__ import annotations
@@ -48,3 +49,18 @@ class RouterMetrics:
             "barp_router_decision_log_dropped_total",
             description="Decision-log rows dropped because the buffer bound was hit while the store failed.",
         )
+        self.policy = metrics.Gauge(
+            "barp_router_policy_active",
+            description="1 for the policy version this replica routes with, 0 for the one a rollout replaced.",
+            tag_keys=("policy_version",),
+        )
+        self.policy_rollouts = metrics.Counter(
+            "barp_router_policy_rollouts_total",
+            description="Policy rollouts (user_config changes) per outcome: ok, refused (old policy kept).",
+            tag_keys=("outcome",),
+        )
+
+    def set_policy(self, version: str, replaced: str | None) -> None:
+        if replaced is not None and replaced != version:
+            self.policy.set(0, tags={"policy_version": replaced})
+        self.policy.set(1, tags={"policy_version": version})

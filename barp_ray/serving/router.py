@@ -11,6 +11,10 @@ Endpoints (all but /healthz need `Authorization: Bearer <key>` when auth is on):
 - ``POST /v1/feedback``: `{"decision_id", "score" in [0, 1], "comment"}` appended to the decision log.
 - ``GET /v1/decisions/{decision_id}``: a logged decision with its feedback, read back from the log.
 - ``GET /v1/models``, ``GET /healthz``.
+
+Policy rollout: Serve calls `reconfigure(user_config)` with `{"policy": <checkpoint>}` (see
+`barp_ray.serving.rollout`); the replica loads the new policy beside the old one and swaps it in whole
+(`ActivePolicy`): a request keeps the policy it started with, and its decision logs that policy's version.
 """
 
 # no `from __future__ import annotations`: FastAPI must see real annotations (Request) on the methods
@@ -173,14 +177,18 @@ class ForwardCoalescer:
 
     def __init__(self, fn, executor, max_items: int, on_forward=None) -> None:
         self.fn, self.executor, self.max_items, self.on_forward = fn, executor, max_items, on_forward
-        self.pending: list[tuple[list[str], list[float], asyncio.Future]] = []
+        self.pending: list[tuple[list[str], list[float], asyncio.Future, Any]] = []
         self.task: asyncio.Task | None = None
 
-    async def run(self, texts: list[str], w_costs: list[float]) -> tuple[np.ndarray, int]:
-        """(probabilities of these prompts, size of the forward pass they were part of)."""
+    async def run(self, texts: list[str], w_costs: list[float], fn=None) -> tuple[np.ndarray, int]:
+        """(probabilities of these prompts, size of the forward pass they were part of).
+
+        `fn` (default: the coalescer's) is the forward to run them with; only prompts with the same `fn` share
+        a pass, so during a policy swap each request is still answered by the policy it was decided with.
+        """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.pending.append((list(texts), list(w_costs), future))
+        self.pending.append((list(texts), list(w_costs), future, fn if fn is not None else self.fn))
         if self.task is None or self.task.done():
             self.task = loop.create_task(self._drain())
         return await future
@@ -188,8 +196,9 @@ class ForwardCoalescer:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self.pending:
-            take, n = [], 0
-            while self.pending and (not take or n + len(self.pending[0][0]) <= self.max_items):
+            take, n, fn = [], 0, self.pending[0][3]
+            while (self.pending and self.pending[0][3] == fn  # one policy per pass (bound methods: == by object)
+                   and (not take or n + len(self.pending[0][0]) <= self.max_items)):
                 item = self.pending.pop(0)
                 if item[2].done():  # cancelled while waiting (client went away)
                     continue
@@ -200,16 +209,16 @@ class ForwardCoalescer:
             texts = [t for item in take for t in item[0]]
             w_costs = [w for item in take for w in item[1]]
             try:
-                probs = await loop.run_in_executor(self.executor, self.fn, texts, w_costs)
+                probs = await loop.run_in_executor(self.executor, fn, texts, w_costs)
             except Exception as exc:  # every waiting request gets the error, none hangs
-                for _, _, future in take:
+                for _, _, future, _ in take:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             if self.on_forward is not None:
                 self.on_forward(n)
             start = 0
-            for item_texts, _, future in take:
+            for item_texts, _, future, _ in take:
                 if not future.done():
                     future.set_result((probs[start : start + len(item_texts)], n))
                 start += len(item_texts)
@@ -230,8 +239,63 @@ def counts_rejections(endpoint):
     return wrapper
 
 
+@dataclass(eq=False)
+class ActivePolicy:
+    """The policy a replica routes with and everything derived from it, swapped as one object on a rollout.
+
+    A request takes `router.active` once when it starts and uses that object to the end (forward pass, model
+    indices, calibration, logged `policy_version`), so a swap never mixes two policies in one decision.
+    """
+
+    engine: RoutingEngine
+    available: np.ndarray  # per model of the policy: it has an upstream (the others get probability 0)
+    calibration: Any | None  # barp_ray.serving.calibration.Calibration, computed for (or given with) this policy
+    calibration_location: str | None
+    loaded_at: str
+
+    @property
+    def models(self) -> list[str]:
+        return self.engine.models
+
+    @property
+    def version(self) -> str:
+        return self.engine.version
+
+    @property
+    def location(self) -> str:
+        return self.engine.location
+
+
+@dataclass(frozen=True)
+class RolloutTarget:
+    """What a `user_config` asks for: `{"policy", "calibration", "version", "rollout_id"}` (all optional)."""
+
+    policy: str
+    calibration: str | None
+    version: str | None = None  # expected content hash (`barp rollout` pins what it checked)
+    rollout_id: str | None = None
+
+    @classmethod
+    def from_user_config(cls, user_config: Any, cfg: ServeAppConfig) -> "RolloutTarget":
+        uc = user_config or {}
+        if not isinstance(uc, dict):
+            raise ValueError(f"user_config: expected a mapping like {{'policy': <checkpoint>}}, got "
+                             f"{type(uc).__name__}")
+        unknown = sorted(set(uc) - {"policy", "calibration", "version", "rollout_id"})
+        if unknown:
+            raise ValueError(f"user_config: unknown keys {unknown} (policy, calibration, version, rollout_id)")
+        policy = uc.get("policy") or cfg.policy
+        if uc.get("policy") and "://" not in str(policy) and not Path(str(policy)).is_absolute():
+            raise ValueError(f"user_config.policy: {policy!r} is a relative path; give an absolute path or a URI "
+                             "(replicas do not share the deployer's working directory)")
+        calibration = uc["calibration"] if uc.get("calibration") is not None else cfg.calibration
+        return cls(policy=str(policy), calibration=calibration, version=uc.get("version"),
+                   rollout_id=uc.get("rollout_id"))
+
+
 @dataclass
 class Decision:
+    active: ActivePolicy  # the policy that decided (and that the models indices below refer to)
     decision_id: str
     text: str
     w_cost: float
@@ -246,6 +310,10 @@ class Decision:
     started: float
     prompt_id: str | None = None
     attempts: list[dict] = field(default_factory=list)
+
+
+def utcnow_iso() -> str:
+    return utcnow().isoformat(timespec="milliseconds")
 
 
 def decision_json(frame) -> dict:
@@ -294,20 +362,11 @@ class BarpRouter:
             import torch
 
             torch.set_num_threads(cfg.router.torch_threads)
-        self.engine = RoutingEngine(cfg.policy, cfg.encoder)
-        self.models = self.engine.models
-        unknown = sorted(set(upstreams) - set(self.models))
-        if unknown:
-            raise ValueError(f"upstreams {unknown} are not models of the policy {self.models}")
         if not upstreams:
             raise ValueError("no upstreams: bind at least one candidate model")
         self.upstreams = dict(upstreams)
         self.stream_handles = {m: h.options(stream=True) for m, h in self.upstreams.items()}
         self.upstream_cfg: dict[str, UpstreamConfig] = {u.model: u for u in cfg.upstreams}
-        self.available = np.array([m in self.upstreams for m in self.models])
-        missing = [m for m in self.models if m not in self.upstreams]
-        if missing:
-            logger.warning("models without an upstream are never routed to: %s", missing)
 
         self.key_hashes = api_key_hashes(cfg.auth) if cfg.auth.enabled else set()
         if cfg.auth.enabled and not self.key_hashes:
@@ -315,41 +374,37 @@ class BarpRouter:
                 f"auth is enabled but no API key is configured: set ${cfg.auth.api_keys_env} (comma-separated "
                 "keys) or auth.api_keys_file, or set auth.enabled: false for a local trial"
             )
-
-        self.calibration = None
-        if cfg.calibration:
-            from barp_ray.serving.calibration import load_calibration
-
-            self.calibration = load_calibration(
-                cfg.calibration, cfg.policy, cfg.calibration_grid_points, policy=self.engine.policy
-            )
-            if self.calibration.models != self.models:
-                raise ValueError(f"calibration {cfg.calibration} is for models {self.calibration.models}, the "
-                                 f"policy has {self.models}")
         self.default_budget = cfg.default_budget
-        if self.default_budget is not None and self.calibration is None:
-            raise ValueError("default_budget needs `calibration` (a `barp calibrate` JSON or a shard folder)")
+
+        try:
+            context = serve.get_replica_context()
+            self.replica = context.replica_id.unique_id
+            # the user_config this replica starts with (a rolled-out policy, after a restart or a scale-up):
+            # load that one now, so that Serve's first reconfigure() call finds it loaded and loads nothing
+            start_config = getattr(context, "_deployment_config", None)
+            start_config = getattr(start_config, "user_config", None)
+        except Exception:  # outside Serve (unit use)
+            self.replica = uuid.uuid4().hex[:8]
+            start_config = None
+        self._start_target = RolloutTarget.from_user_config(start_config, cfg)
+        self.policy_loads = 0  # policies this replica loaded (1 after start: the first reconfigure loads nothing)
+        self.active: ActivePolicy = self._load_active(self._start_target)
+        self.rollout: dict = {"id": self._start_target.rollout_id, "ok": True, "policy": self.active.location,
+                              "version": self.active.version, "error": None, "at": self.active.loaded_at}
+        self._reload_lock = asyncio.Lock()
 
         # expected cost per model: config > calibration > the upstream's own (asked on first use)
-        self.mean_costs: dict[str, float | None] = {m: None for m in self.models}
-        if self.calibration is not None:
-            self.mean_costs.update(self.calibration.model_mean_cost)
-        for m, u in self.upstream_cfg.items():
-            if u.mean_cost_usd is not None:
-                self.mean_costs[m] = u.mean_cost_usd
+        self.mean_costs: dict[str, float | None] = {}
+        self._set_mean_costs(self.active)
         self._costs_asked = False
         self._costs_lock = asyncio.Lock()
 
-        try:
-            self.replica = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # outside Serve (unit use)
-            self.replica = uuid.uuid4().hex[:8]
         self.log: DecisionLog | None = None
         if cfg.decision_log.enabled:
             lc = cfg.decision_log
             self.log = DecisionLog(lc.path, writer=self.replica, flush_rows=lc.flush_rows,
                                    flush_interval_s=lc.flush_interval_s, max_buffer_rows=lc.max_buffer_rows)
-            self.log.write_policy(self.engine.version, self.engine.spec.model_dump(mode="json"))
+            self.log.write_policy(self.active.version, self.active.engine.spec.model_dump(mode="json"))
         self._flusher: asyncio.Task | None = None
         self._dropped_reported = 0
 
@@ -357,6 +412,7 @@ class BarpRouter:
         self.rng = np.random.default_rng(None if seed is None else [seed, int(hashlib.sha256(
             self.replica.encode()).hexdigest()[:8], 16)])
         self.metrics = RouterMetrics()
+        self.metrics.set_policy(self.active.version, None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barp-forward")
         if cfg.router.torch_threads:
             import torch
@@ -364,14 +420,148 @@ class BarpRouter:
             self._executor.submit(torch.set_num_threads, cfg.router.torch_threads).result()
         self.coalescer = None
         if cfg.batching.enabled and cfg.batching.coalesce:
-            self.coalescer = ForwardCoalescer(self.engine.forward, self._executor, cfg.batching.max_forward_size,
+            self.coalescer = ForwardCoalescer(None, self._executor, cfg.batching.max_forward_size,
                                               on_forward=lambda n: self.metrics.batch_size.observe(n))
         self._forward_batched.set_max_batch_size(cfg.batching.max_batch_size)
         self._forward_batched.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
-        self._executor.submit(self.engine.forward, ["warm up the encoder"], [0.5]).result()
+        self._executor.submit(self.active.engine.forward, ["warm up the encoder"], [0.5]).result()
         logger.info("BaRP router ready: policy %s (%s), %d upstreams, batching=%s, exploration=%s",
-                    cfg.policy, self.engine.version, len(self.upstreams), cfg.batching.enabled,
+                    self.active.location, self.active.version, len(self.upstreams), cfg.batching.enabled,
                     cfg.exploration.mode)
+
+    # the active policy's parts (for code that does not hold a decision's own `ActivePolicy`)
+    @property
+    def engine(self) -> RoutingEngine:
+        return self.active.engine
+
+    @property
+    def models(self) -> list[str]:
+        return self.active.models
+
+    @property
+    def calibration(self):
+        return self.active.calibration
+
+    # ---- policy loading and rollout -------------------------------------------------------------
+    def _load_active(self, target: RolloutTarget, current: ActivePolicy | None = None) -> ActivePolicy:
+        """Load and check a policy (blocking: call it off the event loop once serving). Raises if unusable.
+
+        The checks are those of a fresh start: every bound upstream must be a model of the policy, the
+        encoder width must match, a calibration must cover the same models, and `target.version` (if given)
+        must be the checkpoint's content hash. The encoder object of `current` is reused when the new policy
+        names the same encoder, so a rollout loads only the policy weights.
+        """
+        from barp_ray.serving.engine import read_policy_spec
+
+        cfg = self.cfg
+        spec = read_policy_spec(target.policy)  # cheap: refuse a wrong checkpoint before loading weights
+        unknown = sorted(set(self.upstreams) - set(spec["models"]))
+        if unknown:
+            raise ValueError(f"upstreams {unknown} are not models of the policy {spec['models']} ({target.policy}); "
+                             "every bound upstream must be a candidate model of the policy")
+        encoder_name = cfg.encoder or spec["encoder"]
+        shared = current.engine.encoder if current is not None and current.engine.encoder_name == encoder_name else None
+        engine = RoutingEngine(target.policy, cfg.encoder, encoder_model=shared)
+        self.policy_loads += 1
+        if target.version and engine.version != target.version:
+            raise ValueError(f"{target.policy} has version {engine.version}, not the expected {target.version} "
+                             "(the checkpoint changed after it was checked)")
+        missing = [m for m in engine.models if m not in self.upstreams]
+        if missing:
+            logger.warning("models without an upstream are never routed to: %s", missing)
+
+        calibration = None
+        if target.calibration:
+            from barp_ray.serving.calibration import load_calibration
+
+            calibration = load_calibration(target.calibration, target.policy, cfg.calibration_grid_points,
+                                           policy=engine.policy)
+            if calibration.models != engine.models:
+                raise ValueError(f"calibration {target.calibration} is for models {calibration.models}, the "
+                                 f"policy has {engine.models}")
+            if calibration.policy_version not in (None, engine.version):
+                logger.warning("calibration %s was computed for policy %s, not %s: budgets map to w_c with a "
+                               "table of another policy (give a matching calibration with the rollout)",
+                               target.calibration, calibration.policy_version, engine.version)
+        if self.default_budget is not None and calibration is None:
+            raise ValueError("default_budget needs `calibration` (a `barp calibrate` JSON or a shard folder)")
+        return ActivePolicy(engine=engine, available=np.array([m in self.upstreams for m in engine.models]),
+                            calibration=calibration, calibration_location=target.calibration, loaded_at=utcnow_iso())
+
+    def _set_mean_costs(self, active: ActivePolicy) -> None:
+        for m in active.models:
+            self.mean_costs.setdefault(m, None)
+        if active.calibration is not None:
+            self.mean_costs.update(active.calibration.model_mean_cost)
+        for m, u in self.upstream_cfg.items():
+            if u.mean_cost_usd is not None:
+                self.mean_costs[m] = u.mean_cost_usd
+
+    async def reconfigure(self, user_config: dict | None) -> None:
+        """Serve's hook for `user_config` (at start and on every change, on the running replica).
+
+        `{"policy": <checkpoint folder or URI>, "calibration": ..., "version": ..., "rollout_id": ...}`; a
+        missing policy / calibration means the app config's. The new policy is loaded and warmed up beside
+        the old one while requests keep being served, then swapped in. A policy that fails to load or does
+        not fit (see `_load_active`) is refused: the replica keeps serving the old one and reports the error
+        in `rollout_status()` and /healthz. It does not raise: Serve answers a failed reconfigure by stopping
+        the replica and starting one with the new config (which would fail too), i.e. an outage.
+        """
+        async with self._reload_lock:
+            try:
+                target = RolloutTarget.from_user_config(user_config, self.cfg)
+            except ValueError as exc:
+                self._refused(user_config or {}, exc)
+                return
+            if target == self._start_target:  # the call at replica start: __init__ loaded exactly this
+                self._start_target = None
+                return
+            self._start_target = None
+            current = self.active
+            started = time.perf_counter()
+            try:
+                if target.policy == current.location and target.calibration == current.calibration_location:
+                    from barp_ray.serving.engine import policy_version
+
+                    same = await asyncio.to_thread(policy_version, target.policy)
+                    if same == current.version and target.version in (None, same):
+                        self.rollout = {"id": target.rollout_id, "ok": True, "policy": current.location,
+                                        "version": current.version, "error": None, "at": utcnow_iso()}
+                        return
+                new = await asyncio.to_thread(self._load_active, target, current)
+                # warm up on the forward thread (it also serializes with the old policy's forwards)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, new.engine.forward, ["warm up the new policy"], [0.5])
+                if self.log is not None:
+                    await asyncio.to_thread(self.log.write_policy, new.version, new.engine.spec.model_dump(mode="json"))
+            except Exception as exc:  # noqa: BLE001 - refused, reported, and the old policy keeps serving
+                self._refused(user_config or {}, exc)
+                return
+            self._set_mean_costs(new)
+            self.active = new  # the swap: requests from now on take `new`; running ones keep theirs
+            self.rollout = {"id": target.rollout_id, "ok": True, "policy": new.location, "version": new.version,
+                            "error": None, "at": new.loaded_at}
+            self.metrics.set_policy(new.version, current.version)
+            self.metrics.policy_rollouts.inc(tags={"outcome": "ok"})
+            logger.info("policy rollout: %s -> %s (%s) in %.2fs", current.version, new.version, new.location,
+                        time.perf_counter() - started)
+
+    def _refused(self, user_config: dict, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        self.rollout = {"id": user_config.get("rollout_id") if isinstance(user_config, dict) else None, "ok": False,
+                        "policy": user_config.get("policy") if isinstance(user_config, dict) else None,
+                        "version": self.active.version, "error": error, "at": utcnow_iso()}
+        self.metrics.policy_rollouts.inc(tags={"outcome": "refused"})
+        logger.error("policy rollout refused, still serving %s (%s): %s", self.active.version, self.active.location,
+                     error)
+
+    async def rollout_status(self) -> dict:
+        """This replica's policy and last rollout (for `barp rollout`, through a DeploymentHandle)."""
+        a = self.active
+        return {"replica": self.replica, "pid": os.getpid(), "policy": a.location, "policy_version": a.version,
+                "models": list(a.models), "upstreams": sorted(self.upstreams), "encoder": a.engine.encoder_name,
+                "calibration": a.calibration_location, "loaded_at": a.loaded_at, "policy_loads": self.policy_loads,
+                "rollout": dict(self.rollout)}
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def __del__(self) -> None:
@@ -448,19 +638,19 @@ class BarpRouter:
                            f"{limits.max_prompt_chars}", param="messages", code="prompt_too_long")
         return text
 
-    def _forced_model(self, model: str | None) -> int | None:
+    def _forced_model(self, active: ActivePolicy, model: str | None) -> int | None:
         if model is None or model in self.cfg.router_model_names or model == self.cfg.name:
             return None
         if model in self.upstreams:
-            return self.models.index(model)
+            return active.models.index(model)  # every upstream is a model of every policy a replica accepts
         hint = f"use '{self.cfg.router_model_names[0]}' to let the router choose, or one of {sorted(self.upstreams)}"
-        if model in self.models:
+        if model in active.models:
             raise ApiError(404, f"model: {model!r} has no upstream in this deployment; {hint}", param="model",
                            code="model_not_found")
         raise ApiError(404, f"model: unknown model {model!r}; {hint}", param="model", code="model_not_found")
 
-    def _resolve_w(self, request: Request, preference: Preference | None, budget: Budget | None
-                   ) -> tuple[float, str, Budget | None]:
+    def _resolve_w(self, active: ActivePolicy, request: Request, preference: Preference | None,
+                   budget: Budget | None) -> tuple[float, str, Budget | None]:
         """(w_c, where it came from, the budget if one was used)."""
         if preference is not None and budget is not None:
             raise ApiError(400, "preference: give a preference or a budget, not both", param="preference")
@@ -477,52 +667,68 @@ class BarpRouter:
         elif preference is not None:
             return preference.w_cost, "body", None
         if budget is not None:
-            return self._budget_w(budget, "budget"), "budget", budget
+            return self._budget_w(active, budget, "budget"), "budget", budget
         if self.default_budget is not None:
-            return self._budget_w(self.default_budget, "default_budget"), "default_budget", self.default_budget
+            return (self._budget_w(active, self.default_budget, "default_budget"), "default_budget",
+                    self.default_budget)
         return self.cfg.default_preference.w_cost, "default", None
 
-    def _budget_w(self, budget: Budget, param: str) -> float:
-        if self.calibration is None:
+    def _budget_w(self, active: ActivePolicy, budget: Budget, param: str) -> float:
+        if active.calibration is None:
             raise ApiError(400, f"{param}: this router has no calibration table, so it cannot turn a budget into "
                            "a preference; give `preference` instead (operators: set `calibration`)", param=param)
-        return float(self.calibration.w_cost_for(budget))
+        return float(active.calibration.w_cost_for(budget))
 
-    def _budget_met(self, budget: Budget | None) -> bool | None:
-        return None if budget is None or self.calibration is None else bool(self.calibration.choose(budget)[1])
+    @staticmethod
+    def _budget_met(active: ActivePolicy, budget: Budget | None) -> bool | None:
+        return None if budget is None or active.calibration is None else bool(active.calibration.choose(budget)[1])
 
     # ---- the decision ---------------------------------------------------------------------------
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
-    async def _forward_batched(self, texts: list[str], w_costs: list[float]) -> list[tuple[np.ndarray, int]]:
-        if self.coalescer is not None:
-            probs, size = await self.coalescer.run(texts, w_costs)
-        else:
-            probs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.engine.forward, texts, w_costs)
-            size = len(texts)
-            self.metrics.batch_size.observe(size)
-        return [(probs[i], size) for i in range(len(texts))]
+    async def _forward_batched(self, texts: list[str], w_costs: list[float], actives: list[ActivePolicy]
+                               ) -> list[tuple[np.ndarray, int]]:
+        # a batch formed during a policy swap holds requests of both policies: each runs on its own
+        groups: dict[int, list[int]] = {}
+        for i, active in enumerate(actives):
+            groups.setdefault(id(active), []).append(i)
+        out: list[tuple[np.ndarray, int]] = [None] * len(texts)  # type: ignore[list-item]
+        for idx in groups.values():
+            engine = actives[idx[0]].engine
+            part_texts, part_w = [texts[i] for i in idx], [w_costs[i] for i in idx]
+            if self.coalescer is not None:
+                probs, size = await self.coalescer.run(part_texts, part_w, engine.forward)
+            else:
+                probs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, engine.forward, part_texts, part_w)
+                size = len(part_texts)
+                self.metrics.batch_size.observe(size)
+            for j, i in enumerate(idx):
+                out[i] = (probs[j], size)
+        return out
 
-    async def _forward(self, text: str, w_cost: float) -> tuple[np.ndarray, int]:
+    async def _forward(self, active: ActivePolicy, text: str, w_cost: float) -> tuple[np.ndarray, int]:
         if self.cfg.batching.enabled:
-            return await self._forward_batched(text, w_cost)
-        probs = await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.forward, [text], [w_cost])
+            return await self._forward_batched(text, w_cost, active)
+        probs = await asyncio.get_running_loop().run_in_executor(
+            self._executor, active.engine.forward, [text], [w_cost])
         self.metrics.batch_size.observe(1)
         return probs[0], 1
 
     async def _decide(self, request: Request, body, text: str, started: float) -> Decision:
-        forced = self._forced_model(body.model)
-        w_cost, source, budget = self._resolve_w(request, body.preference, body.budget)
-        probs, batch_size = await self._forward(text, w_cost)
-        probs = np.where(self.available, probs, 0.0)
-        probs = probs / probs.sum() if probs.sum() > 0 else self.available / self.available.sum()
+        active = self.active  # this request's policy, whatever a rollout swaps in meanwhile
+        forced = self._forced_model(active, body.model)
+        w_cost, source, budget = self._resolve_w(active, request, body.preference, body.budget)
+        probs, batch_size = await self._forward(active, text, w_cost)
+        available = active.available
+        probs = np.where(available, probs, 0.0)
+        probs = probs / probs.sum() if probs.sum() > 0 else available / available.sum()
         ex = self.cfg.exploration
         choice = choose(probs, ex.mode, ex.epsilon, self.rng, forced)
         latency = (time.perf_counter() - started) * 1000.0
         self.metrics.decision_latency.observe(latency, tags={"batched": str(self.cfg.batching.enabled).lower()})
         return Decision(
-            decision_id=uuid.uuid4().hex, text=text, w_cost=w_cost, preference_source=source, budget=budget,
-            probs=probs, choice=choice, exploration="forced" if forced is not None else ex.mode,
+            active=active, decision_id=uuid.uuid4().hex, text=text, w_cost=w_cost, preference_source=source,
+            budget=budget, probs=probs, choice=choice, exploration="forced" if forced is not None else ex.mode,
             decision_latency_ms=latency, batch_size=batch_size, forced=forced is not None, started=started,
             prompt_id=body.prompt_id,
         )
@@ -547,38 +753,39 @@ class BarpRouter:
                 if info.get("mean_cost_usd") is not None:
                     self.mean_costs[m] = float(info["mean_cost_usd"])
 
-    def _expected_cost(self, probs: np.ndarray) -> float | None:
-        costs = [self.mean_costs.get(m) for m in self.models]
+    def _expected_cost(self, models: list[str], probs: np.ndarray) -> float | None:
+        costs = [self.mean_costs.get(m) for m in models]
         used = [(p, c) for p, c in zip(probs, costs, strict=True) if p > 0]
         if any(c is None for _, c in used):
             return None
         return float(sum(p * c for p, c in used))
 
     def decision_info(self, d: Decision, served: int | None = None, cost: float | None = None) -> dict:
-        chosen = self.models[d.choice.index]
+        models = d.active.models
+        chosen = models[d.choice.index]
         return {
             "decision_id": d.decision_id,
             "model": chosen,
-            "served_model": None if served is None else self.models[served],
+            "served_model": None if served is None else models[served],
             "w_cost": d.w_cost,
             "preference": {"quality": 1.0 - d.w_cost, "cost": d.w_cost},
             "preference_source": d.preference_source,
             "budget": None if d.budget is None else d.budget.model_dump(exclude_none=True),
-            "budget_met": self._budget_met(d.budget),
-            "probabilities": {m: float(p) for m, p in zip(self.models, d.probs, strict=True)},
+            "budget_met": self._budget_met(d.active, d.budget),
+            "probabilities": {m: float(p) for m, p in zip(models, d.probs, strict=True)},
             "probability": float(d.probs[d.choice.index]),
             "propensity": d.choice.propensity,
             "exploration": d.exploration,
             "explored": d.choice.explored,
-            "ranking": [self.models[i] for i in d.choice.ranking],
-            "expected_cost_usd": self._expected_cost(d.probs),
+            "ranking": [models[i] for i in d.choice.ranking],
+            "expected_cost_usd": self._expected_cost(models, d.probs),
             "chosen_expected_cost_usd": self.mean_costs.get(chosen),
             "cost_usd": cost,
             "fallback": {
                 "count": sum(1 for a in d.attempts if not a["ok"]) if served is not None else len(d.attempts),
                 "attempts": d.attempts,
             },
-            "policy_version": self.engine.version,
+            "policy_version": d.active.version,
             "decision_latency_ms": round(d.decision_latency_ms, 3),
         }
 
@@ -600,7 +807,7 @@ class BarpRouter:
     async def _complete(self, d: Decision, payload: dict) -> tuple[int | None, dict | None]:
         candidates = self._candidates(d)
         for n, idx in enumerate(candidates):
-            model = self.models[idx]
+            model = d.active.models[idx]
             timeout = self.upstream_cfg[model].timeout_s if model in self.upstream_cfg else 30.0
             started = time.perf_counter()
             response = self.upstreams[model].complete.remote(payload)
@@ -621,7 +828,7 @@ class BarpRouter:
     async def _open_stream(self, d: Decision, payload: dict):
         candidates = self._candidates(d)
         for n, idx in enumerate(candidates):
-            model = self.models[idx]
+            model = d.active.models[idx]
             timeout = self.upstream_cfg[model].timeout_s if model in self.upstream_cfg else 30.0
             started = time.perf_counter()
             gen = self.stream_handles[model].stream.remote(payload)
@@ -652,13 +859,14 @@ class BarpRouter:
     def _record(self, d: Decision, endpoint: str, status: str, served: int | None = None,
                 result: dict | None = None, upstream_ms: float | None = None, stream: bool = False) -> None:
         result = result or {}
-        chosen = self.models[d.choice.index]
+        models = d.active.models
+        chosen = models[d.choice.index]
         cost = result.get("cost_usd")
         self.metrics.requests.inc(tags={"model": chosen, "endpoint": endpoint, "status": status})
         if served is not None:
-            self.metrics.served.inc(tags={"model": self.models[served]})
+            self.metrics.served.inc(tags={"model": models[served]})
             if cost is not None and math.isfinite(cost):
-                self.metrics.cost.inc(float(cost), tags={"model": self.models[served]})
+                self.metrics.cost.inc(float(cost), tags={"model": models[served]})
         if self.log is None:
             return
         prompt_id = d.prompt_id or result.get("replay_prompt_id") or f"h:{prompt_hash(d.text)}"
@@ -666,12 +874,12 @@ class BarpRouter:
             "decision_id": d.decision_id, "decided_at": utcnow(), "endpoint": endpoint, "prompt_id": prompt_id,
             "prompt_hash": prompt_hash(d.text), "prompt": d.text if self.cfg.decision_log.log_prompt_text else None,
             "prompt_chars": len(d.text), "w_cost": d.w_cost, "preference_source": d.preference_source,
-            "budget_kind": None, "budget_value": None, "policy_version": self.engine.version,
+            "budget_kind": None, "budget_value": None, "policy_version": d.active.version,
             "chosen_model": chosen, "chosen_index": d.choice.index,
             "probability": float(d.probs[d.choice.index]), "propensity": d.choice.propensity,
             "exploration": d.exploration, "explored": d.choice.explored,
-            "probabilities": [float(p) for p in d.probs], "expected_cost_usd": self._expected_cost(d.probs),
-            "served_model": None if served is None else self.models[served], "served_index": served,
+            "probabilities": [float(p) for p in d.probs], "expected_cost_usd": self._expected_cost(models, d.probs),
+            "served_model": None if served is None else models[served], "served_index": served,
             "status": status, "fallback_count": sum(1 for a in d.attempts if not a["ok"]),
             "attempts": json.dumps(d.attempts), "cost_usd": cost,
             "prompt_tokens": result.get("prompt_tokens"), "completion_tokens": result.get("completion_tokens"),
@@ -709,7 +917,7 @@ class BarpRouter:
             raise self._all_failed(d)
         status = "ok" if served == d.choice.index else "fallback"
         self._record(d, "chat", status, served, result, upstream_ms)
-        served_model = self.models[served]
+        served_model = d.active.models[served]
         pt, ct = result.get("prompt_tokens"), result.get("completion_tokens")
         content = {
             "id": f"chatcmpl-{d.decision_id}",
@@ -733,7 +941,7 @@ class BarpRouter:
             self._record(d, "chat", "upstream_failed", upstream_ms=(time.perf_counter() - up_started) * 1000.0,
                          stream=True)
             raise self._all_failed(d)
-        served_model = self.models[served]
+        served_model = d.active.models[served]
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         created = int(time.time())
         chunk_id = f"chatcmpl-{d.decision_id}"
@@ -849,9 +1057,10 @@ class BarpRouter:
     async def list_models(self, request: Request):
         self._authorize(request)
         created = int(time.time())
+        active = self.active
         data = [{"id": self.cfg.router_model_names[0], "object": "model", "created": created, "owned_by": "barp",
-                 "barp": {"router": True, "policy_version": self.engine.version}}]
-        for m in self.models:
+                 "barp": {"router": True, "policy_version": active.version}}]
+        for m in active.models:
             if m in self.upstreams:
                 kind = self.upstream_cfg[m].kind if m in self.upstream_cfg else "custom"
                 data.append({"id": m, "object": "model", "created": created, "owned_by": f"barp-upstream-{kind}"})
@@ -859,7 +1068,9 @@ class BarpRouter:
 
     @app.get("/healthz")
     async def healthz(self):
-        return {"status": "ok", "replica": self.replica, "policy_version": self.engine.version,
+        return {"status": "ok", "replica": self.replica, "policy_version": self.active.version,
+                "policy_loaded_at": self.active.loaded_at,
+                "last_rollout": {"id": self.rollout["id"], "ok": self.rollout["ok"], "at": self.rollout["at"]},
                 "models": len(self.upstreams), "batching": self.cfg.batching.enabled,
                 "log_buffered": self.log.buffered if self.log else 0}
 

@@ -121,15 +121,18 @@ class ReinforceLearner:
         entropy = -(probs * log_probs).sum(dim=-1).mean()
         beta = entropy_coefficient(cfg, self.step_count)
         loss = -(advantage.detach() * chosen_log_prob).mean() - beta * entropy
+        self.apply(loss)
+        return {"loss": loss.item(), "reward": r.mean().item(), "entropy": entropy.item(), "beta": beta}
 
+    def apply(self, loss: torch.Tensor) -> None:
+        """One optimizer step on `loss`: scheduled lr, clipped gradients, step counter."""
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, self.step_count)
+            group["lr"] = learning_rate(self.cfg, self.step_count)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.step_count += 1
-        return {"loss": loss.item(), "reward": r.mean().item(), "entropy": entropy.item(), "beta": beta}
 
     def state_dict(self) -> dict:
         return {

@@ -1,7 +1,9 @@
 """Serve fixtures: a tiny real policy trained on RouterBench rows, and the router app on a free port.
 
-One Serve app per session (router + 4 replay upstreams) on the session Ray cluster of tests/conftest.py;
-`serve.shutdown()` at the end. Everything is loopback (127.0.0.1) on a port picked free.
+One Serve instance per session (`serve_port`: one HTTP proxy, `serve.shutdown()` at the end) on the session
+Ray cluster of tests/conftest.py; `serve_app` is the router app (router + 4 replay upstreams) on route "/",
+test_rollout.py deploys its own app beside it on "/rollout". Everything is loopback (127.0.0.1) on a port
+picked free.
 """
 
 from __future__ import annotations
@@ -157,7 +159,18 @@ def app_config(policy: TinyPolicy, log_dir: Path, keys_file: Path, failing_model
 
 
 @pytest.fixture(scope="session")
-def serve_app(ray_cluster, tiny_policy, tmp_path_factory) -> ServeApp:
+def serve_port(ray_cluster) -> int:
+    """Serve started once per session (one HTTP proxy) on a free loopback port; every test app shares it."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    yield port
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_app(serve_port, tiny_policy, tmp_path_factory) -> ServeApp:
     from ray import serve
 
     from barp_ray.serving.app import build_app
@@ -167,8 +180,7 @@ def serve_app(ray_cluster, tiny_policy, tmp_path_factory) -> ServeApp:
     keys_file.write_text(f"# test keys\n{API_KEY}\nsecond-key\n")
     log_dir = root / "decision-log"
     failing = tiny_policy.quality_choice
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    port = serve_port
     app = build_app(app_config(tiny_policy, log_dir, keys_file, failing))
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     base_url = f"http://127.0.0.1:{port}"
@@ -177,7 +189,6 @@ def serve_app(ray_cluster, tiny_policy, tmp_path_factory) -> ServeApp:
 
     wait_until(lambda: httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200, 60, what="/healthz")
     yield ServeApp(base_url, port, API_KEY, log_dir, tiny_policy, failing)
-    serve.shutdown()
 
 
 @pytest.fixture()
