@@ -134,24 +134,27 @@ class DecisionLog:
     # ---- writing ----------------------------------------------------------------------------------
     def append(self, row: dict) -> None:
         with self._lock:
-            self._buffer.append(row)
-            if self._first_at is None:
-                self._first_at = time.monotonic()
-            overflow = len(self._buffer) - self.max_buffer_rows
-            if overflow > 0:
-                del self._buffer[:overflow]
-                self.dropped += overflow
+            self._add(self._buffer, [row])
 
     def append_feedback(self, row: dict) -> None:
         """Buffer a feedback row (written by the next `flush`); `write_feedback` writes at once instead."""
         with self._lock:
-            self._feedback.append(row)
+            self._add(self._feedback, [row])
+
+    def _add(self, buffer: list[dict], rows: list[dict], requeue: bool = False) -> None:
+        """(lock held) Add `rows` to `buffer` (in front when re-queued after a failed write) and start the
+        flush clock; beyond `max_buffer_rows` the oldest rows are dropped and counted in `dropped`."""
+        if requeue:
+            buffer[:0] = rows
+            self._first_at = time.monotonic()  # retry a failed write after flush_interval_s, not at once
+        else:
+            buffer.extend(rows)
             if self._first_at is None:
                 self._first_at = time.monotonic()
-            overflow = len(self._feedback) - self.max_buffer_rows
-            if overflow > 0:
-                del self._feedback[:overflow]
-                self.dropped += overflow
+        overflow = len(buffer) - self.max_buffer_rows
+        if overflow > 0:
+            del buffer[:overflow]
+            self.dropped += overflow
 
     @property
     def buffered(self) -> int:
@@ -178,7 +181,7 @@ class DecisionLog:
                 logger.exception("decision log: writing %d feedback rows to %s failed; will retry", len(feedback),
                                  self.uri)
                 with self._lock:
-                    self._feedback = (feedback + self._feedback)[-self.max_buffer_rows :]
+                    self._add(self._feedback, feedback, requeue=True)
         if not rows:
             return 0
         try:
@@ -186,12 +189,7 @@ class DecisionLog:
         except Exception:  # the store is down: keep the rows (bounded) and retry at the next flush
             logger.exception("decision log: writing %d rows to %s failed; will retry", len(rows), self.uri)
             with self._lock:
-                self._buffer = rows + self._buffer
-                self._first_at = time.monotonic()
-                overflow = len(self._buffer) - self.max_buffer_rows
-                if overflow > 0:
-                    del self._buffer[:overflow]
-                    self.dropped += overflow
+                self._add(self._buffer, rows, requeue=True)
             return 0
         self.written += len(rows)
         return len(rows)
