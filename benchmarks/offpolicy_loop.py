@@ -97,10 +97,9 @@ def wait_for_log(log_dir: Path, expected: int, timeout_s: float = 120) -> int:
 
 def log_stats(log_dir: Path, table, split: str) -> dict:
     """What the decision log holds for the prompts of one split: decisions, feedback, exploration, rate."""
-    from barp_ray.data.table import prompt_hash
     from barp_ray.serving.decision_log import read_decision_log
 
-    hashes = {prompt_hash(p) for p, s in zip(table.prompts, table.split, strict=True) if s == split}
+    hashes = set(table.where_split(split).content_hashes)
     frame = read_decision_log(log_dir)
     frame = frame[frame["prompt_hash"].isin(hashes)]
     span = (frame["decided_at"].max() - frame["decided_at"].min()).total_seconds() if len(frame) > 1 else 0.0

@@ -69,16 +69,15 @@ def read_source(source: LogSource, models: list[str] | None = None, encoder: str
     """The `LoggedBandit` rows a `LogSource` names (see `read_logged_bandit`)."""
     from barp_ray.offpolicy.logged import read_logged_bandit
 
-    hashes = None
+    embeddings_from, hashes = source.embeddings_from, None
     if source.prompt_split is not None:
-        if source.embeddings_from is None:
+        if embeddings_from is None:
             raise ValueError("prompt_split: needs embeddings_from (the shard folder whose split it names)")
         from barp_ray.data.shards import read_shards
-        from barp_ray.data.table import prompt_hash
 
-        table = read_shards(source.embeddings_from).where_split(source.prompt_split)
-        hashes = {prompt_hash(p) for p in table.prompts}
+        embeddings_from = read_shards(embeddings_from)  # read once: the split here, the embeddings below
+        hashes = set(embeddings_from.where_split(source.prompt_split).content_hashes)
     return read_logged_bandit(
-        source.logs, models=models, embeddings_from=source.embeddings_from, encoder=encoder,
+        source.logs, models=models, embeddings_from=embeddings_from, encoder=encoder,
         missing_feedback=source.missing_feedback, default_score=source.default_score, prompt_hashes=hashes,
     )

@@ -30,7 +30,7 @@ from barp_ray.offpolicy.estimators import importance_weights, snips
 from barp_ray.offpolicy.logged import LoggedBandit
 from barp_ray.policy.model import preference_tensor
 from barp_ray.training.loop import ReinforceLearner, advantages, entropy_coefficient
-from barp_ray.training.reward import normalized_cost, reward, sample_preferences
+from barp_ray.training.reward import reward, sample_preferences
 
 
 @dataclass
@@ -98,11 +98,16 @@ class OffPolicyLearner(ReinforceLearner):
 
 
 @torch.no_grad()
-def greedy_probs(policy: nn.Module, embeddings: torch.Tensor, w_cost: float) -> np.ndarray:
-    """One-hot (N, K) of the policy's argmax at preference w_c: the served (greedy) rule as probabilities."""
+def greedy_probs(policy: nn.Module, embeddings: torch.Tensor, w_cost: float | np.ndarray) -> np.ndarray:
+    """One-hot (N, K) of the policy's argmax at preference w_c (one value, or one per row): the served
+    (greedy) rule as probabilities."""
     was_training = policy.training
     policy.eval()
-    logits = policy(embeddings, preference_tensor(float(w_cost), embeddings.shape[0], device=embeddings.device))
+    if np.ndim(w_cost) == 0:
+        w = preference_tensor(float(w_cost), embeddings.shape[0], device=embeddings.device)
+    else:
+        w = preference_tensor(torch.tensor(np.asarray(w_cost), dtype=torch.float32, device=embeddings.device))
+    logits = policy(embeddings, w)
     policy.train(was_training)
     choice = logits.argmax(dim=-1).cpu().numpy()
     out = np.zeros(tuple(logits.shape), dtype=np.float64)
@@ -122,7 +127,7 @@ def heldout_metrics(policy: nn.Module, data: LoggedTensors, tau: float, grid_poi
     rewards, scores, costs = [], [], []
     for wc in np.linspace(0.0, 1.0, grid_points):
         rho = importance_weights(greedy_probs(policy, data.embeddings, wc), actions, mu)
-        rewards.append(snips((1 - wc) * q - wc * normalized_cost(c, tau), rho))
+        rewards.append(snips(reward(q, c, wc, tau), rho))
         if wc in (0.0, 1.0):
             scores.append(snips(q, rho))
             costs.append(snips(c, rho))

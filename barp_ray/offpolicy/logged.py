@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from barp_ray.data.table import prompt_hash
+from barp_ray.data.table import RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def check_propensities(propensities: np.ndarray, decision_ids=None) -> None:
 def read_logged_bandit(
     log_uri: str | Path,
     models: list[str] | None = None,
-    embeddings_from: str | Path | None = None,
+    embeddings_from: str | Path | RoutingTable | None = None,
     encoder: str | None = None,
     missing_feedback: MissingFeedback = "skip",
     default_score: float | None = None,
@@ -164,8 +164,9 @@ def read_logged_bandit(
     """Read a decision log (local path or URI) into logged bandit rows.
 
     models: the action order (default: the newest logged policy's models). embeddings_from: a prepared +
-    embedded shard folder to look prompts up in by content hash (prompts not found there are encoded from the
-    logged text with `encoder`). prompt_hashes: keep only these prompts (e.g. one split of a replay).
+    embedded shard folder (or its table, already read) to look prompts up in by content hash (prompts not
+    found there are encoded from the logged text with `encoder`). prompt_hashes: keep only these prompts
+    (e.g. one split of a replay).
     """
     from barp_ray.serving.decision_log import read_decision_log, read_policies
 
@@ -251,16 +252,17 @@ def _embeddings(rows, hashes: np.ndarray, embeddings_from, encoder: str | None) 
     found: dict[str, np.ndarray] = {}
     if embeddings_from is not None:
         from barp_ray.data.shards import read_shards
+        from barp_ray.data.table import RoutingTable
 
-        table = read_shards(embeddings_from)
+        table = embeddings_from if isinstance(embeddings_from, RoutingTable) else read_shards(embeddings_from)
+        where = "the given table" if isinstance(embeddings_from, RoutingTable) else str(embeddings_from)
         if table.embeddings is None:
-            raise ValueError(f"embeddings_from: {embeddings_from} has no embeddings; run `barp embed` on it")
+            raise ValueError(f"embeddings_from: {where} has no embeddings; run `barp embed` on it")
         if encoder and table.encoder and table.encoder != encoder:
-            raise ValueError(f"embeddings_from: {embeddings_from} was embedded with {table.encoder!r}, the logged "
+            raise ValueError(f"embeddings_from: {where} was embedded with {table.encoder!r}, the logged "
                              f"policy uses {encoder!r}")
         wanted = set(hashes.tolist())
-        for p, e in zip(table.prompts, table.embeddings, strict=True):
-            h = prompt_hash(p)
+        for h, e in zip(table.content_hashes, table.embeddings, strict=True):
             if h in wanted:
                 found[h] = e
     missing = sorted({h for h in hashes if h not in found})

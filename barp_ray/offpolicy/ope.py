@@ -24,8 +24,7 @@ from barp_ray.offpolicy.learner import greedy_probs
 from barp_ray.offpolicy.logged import LoggedBandit
 from barp_ray.offpolicy.reward_model import FullInformationRewardModel, cross_fitted_predictions
 from barp_ray.policy.checkpoint import load_policy
-from barp_ray.policy.model import BarpPolicy, preference_tensor
-from barp_ray.training.reward import normalized_cost
+from barp_ray.training.reward import reward
 
 log = logging.getLogger(__name__)
 QUANTITIES = ("score", "cost", "reward")
@@ -47,22 +46,12 @@ def outcomes(rows: LoggedBandit, w: np.ndarray | float, tau: float, predicted) -
     """Observed y and predicted y_hat (N, K) of score, cost and reward at preference(s) w."""
     w = np.asarray(w, dtype=np.float64)
     q, c = rows.scores.astype(np.float64), rows.costs.astype(np.float64)
-    out = {"score": (q, None), "cost": (c, None), "reward": ((1 - w) * q - w * normalized_cost(c, tau), None)}
-    if predicted is not None:
-        q_hat, c_hat = predicted
-        wk = w[:, None] if w.ndim else w
-        out = {"score": (q, q_hat), "cost": (c, c_hat),
-               "reward": (out["reward"][0], (1 - wk) * q_hat - wk * normalized_cost(c_hat, tau))}
-    return out
-
-
-@torch.no_grad()
-def greedy_probs_at(policy: BarpPolicy, embeddings: torch.Tensor, w_cost: np.ndarray) -> np.ndarray:
-    """One-hot greedy choice with a per-row preference (the callers' logged w)."""
-    logits = policy(embeddings, preference_tensor(torch.tensor(np.asarray(w_cost), dtype=torch.float32)))
-    out = np.zeros(tuple(logits.shape))
-    out[np.arange(len(out)), logits.argmax(dim=-1).numpy()] = 1.0
-    return out
+    r = reward(q, c, w, tau)
+    if predicted is None:
+        return {"score": (q, None), "cost": (c, None), "reward": (r, None)}
+    q_hat, c_hat = predicted
+    r_hat = reward(q_hat, c_hat, w[:, None] if w.ndim else w, tau)
+    return {"score": (q, q_hat), "cost": (c, c_hat), "reward": (r, r_hat)}
 
 
 def run_ope(cfg: OPEConfig) -> dict:
@@ -88,17 +77,16 @@ def run_ope(cfg: OPEConfig) -> dict:
         return estimate_all(y, target, rows.actions, rows.propensities, y_hat, cfg.clip, estimators, cfg.bootstrap,
                             cfg.alpha, cfg.seed)
 
+    targets = {(name, w): greedy_probs(policy, emb, w) for name, policy in policies.items() for w in cfg.w_grid}
+    at_w = {w: outcomes(rows, w, tau, predicted) for w in cfg.w_grid}
     grid: dict[str, dict] = {}
-    for name, policy in policies.items():
-        grid[name] = {}
-        for w in cfg.w_grid:
-            target = greedy_probs(policy, emb, w)
-            grid[name][f"{w:g}"] = {qty: {e: v.to_dict() for e, v in est(y, y_hat, target).items()}
-                                    for qty, (y, y_hat) in outcomes(rows, w, tau, predicted).items()}
+    for name in policies:
+        grid[name] = {f"{w:g}": {qty: {e: v.to_dict() for e, v in est(y, y_hat, targets[name, w]).items()}
+                                 for qty, (y, y_hat) in at_w[w].items()} for w in cfg.w_grid}
 
     # at the callers' own preferences: candidate (estimated) vs the logging rule (observed)
     y, y_hat = outcomes(rows, rows.w_cost, tau, predicted)["reward"]
-    target = greedy_probs_at(candidate, emb, rows.w_cost)
+    target = greedy_probs(candidate, emb, rows.w_cost)
     logged = {"reward": float(y.mean()), "score": float(rows.scores.mean()), "cost": float(rows.costs.mean())}
     cand = {e: v.to_dict() for e, v in est(y, y_hat, target).items()}
     comparison = {"estimator": primary, "logging_reward": logged["reward"], "candidate": cand,
@@ -106,9 +94,9 @@ def run_ope(cfg: OPEConfig) -> dict:
     baseline_cmp = {}
     if "baseline" in policies:
         for w in cfg.w_grid:
-            y_w, y_hat_w = outcomes(rows, w, tau, predicted)["reward"]
-            baseline_cmp[f"{w:g}"] = paired(primary, y_w, greedy_probs(candidate, emb, w), y_hat_w, rows,
-                                            (greedy_probs(policies["baseline"], emb, w), y_w, y_hat_w), cfg)
+            y_w, y_hat_w = at_w[w]["reward"]
+            baseline_cmp[f"{w:g}"] = paired(primary, y_w, targets["candidate", w], y_hat_w, rows,
+                                            (targets["baseline", w], y_w, y_hat_w), cfg)
     results = {
         "config": cfg.model_dump(mode="json"), "tau": tau, "rows": len(rows), "log_report": rows.report.to_dict(),
         "models": rows.models, "logging_policy": logged, "grid": grid, "vs_logging": comparison,

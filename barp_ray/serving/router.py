@@ -429,19 +429,6 @@ class BarpRouter:
                     self.active.location, self.active.version, len(self.upstreams), cfg.batching.enabled,
                     cfg.exploration.mode)
 
-    # the active policy's parts (for code that does not hold a decision's own `ActivePolicy`)
-    @property
-    def engine(self) -> RoutingEngine:
-        return self.active.engine
-
-    @property
-    def models(self) -> list[str]:
-        return self.active.models
-
-    @property
-    def calibration(self):
-        return self.active.calibration
-
     # ---- policy loading and rollout -------------------------------------------------------------
     def _load_active(self, target: RolloutTarget, current: ActivePolicy | None = None) -> ActivePolicy:
         """Load and check a policy (blocking: call it off the event loop once serving). Raises if unusable.
