@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from pydantic import Field
-from tqdm.auto import tqdm
 
-from barp_ray.config import JobConfig, default_data_dir
+from barp_ray.config import JobConfig, LocalPath, default_data_dir
 from barp_ray.data.prepare import PrepareConfig, prepare_from_config
 from barp_ray.data.shards import read_manifest, read_shards
 from barp_ray.embeddings.job import EmbedConfig, run_embed
@@ -26,29 +24,44 @@ log = logging.getLogger(__name__)
 class DemoConfig(JobConfig):
     """Config of `barp demo` (every stage's settings in one object)."""
 
-    data_dir: Path = Field(default_factory=default_data_dir, description="raw RouterBench-format logs")
-    out_dir: Path = Path("runs/demo")
-    encoder: str = EmbedConfig().encoder
-    cache_dir: Path = EmbedConfig().cache_dir
-    val_fraction: float = 0.15
-    seed: int = 0
+    data_dir: LocalPath = Field(
+        default_factory=default_data_dir, description="raw RouterBench-format logs ($BARP_DATA_DIR)"
+    )
+    out_dir: LocalPath = Field(default=Path("runs/demo"), description="every output of the run goes here")
+    encoder: str = Field(default_factory=lambda: EmbedConfig().encoder, description="sentence encoder (name or path)")
+    cache_dir: LocalPath = Field(
+        default_factory=lambda: EmbedConfig().cache_dir,
+        description="embedding cache (content hash -> vector); a warm cache embeds nothing",
+    )
+    val_fraction: float = Field(default=0.15, ge=0, lt=1, description="share of each task's train rows carved into val")
+    seed: int = Field(default=0, description="seed of the split and of the main (Ray Train) policy")
     loto: bool = Field(default=True, description="also run the leave-one-task-out folds")
-    max_rows_per_task: int | None = Field(default=None, description="subsample (smoke tests, CI)")
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        description="seeds of the extra in-distribution runs (test AIQ reported as mean and 95% interval); "
+        "run concurrently as Ray tasks, no Ray Train start each",
+    )
+    loto_seeds: list[int] = Field(default_factory=lambda: [0], description="seeds of each leave-one-task-out fold")
+    cpus_per_run: float = Field(default=1.0, gt=0, description="CPUs each seed / fold run holds (runs overlap)")
+    seed_baselines: bool = Field(
+        default=True,
+        description="also fit the learned baselines once per seed (each seed evaluated as a Ray task), "
+        "so every router's test AIQ gets a mean and 95% interval",
+    )
+    learning_curve: bool = Field(
+        default=False,
+        description="also compute the learning curve (test AIQ vs logged interactions, several "
+        "learners x budgets x seeds; minutes of CPU) into eval/learning_curve.png",
+    )
+    max_rows_per_task: int | None = Field(default=None, ge=1, description="subsample (smoke tests, CI)")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the training settings of every run")
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` / $RAY_ADDRESS (e.g. under `ray job submit`), else start a local instance."""
-    import ray
+    """Deprecated alias of `barp_ray.ray_connect.connect` (kept for old scripts)."""
+    from barp_ray.ray_connect import connect
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False)
+    connect(address, num_cpus=num_cpus)
 
 
 def _subsample(data_dir: Path, max_rows: int | None) -> None:
@@ -69,75 +82,188 @@ def _subsample(data_dir: Path, max_rows: int | None) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Path]:
-    """Run every stage; returns the output paths (also printed by the CLI)."""
+    """Run every stage; returns the output paths (also printed by the CLI) and prints a summary table."""
+    from barp_ray.training.runs import grid, train_runs
+
     out = cfg.out_dir
     data = out / "data"
     timings: dict[str, float] = {}
-    stages = tqdm(total=5 if cfg.loto else 4, desc="barp demo", unit="stage")
 
-    def stage(name: str):
-        stages.set_postfix_str(name)
+    def stage(name: str, index: int, total: int = 5) -> float:
+        print(f"\n== [{index}/{total}] {name} ==", flush=True)
         return time.perf_counter()
 
-    t = stage("prepare")
+    t = stage("prepare", 1)
     prepared = prepare_from_config(
         PrepareConfig(data_dir=cfg.data_dir, out_dir=data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     )
     _subsample(data, cfg.max_rows_per_task)
     print(prepared.report, flush=True)
     timings["prepare_s"] = time.perf_counter() - t
-    stages.update()
 
-    t = stage("embed")
+    t = stage("embed", 2)
     stats = run_embed(EmbedConfig(data=data, encoder=cfg.encoder, cache_dir=cfg.cache_dir))
     print(f"embeddings: {stats}", flush=True)
     timings["embed_s"] = time.perf_counter() - t
-    stages.update()
 
-    t = stage("train")
+    t = stage("train (Ray Train)", 3)
     storage = cfg.train.storage_path if cfg.train.storage_path != TrainConfig().storage_path else str(out / "ray")
     train_cfg = cfg.train.model_copy(update={"data": str(data), "storage_path": storage, "seed": cfg.seed})
     outcome = train_policy(train_cfg, export_dir=out / "policy")
     timings["train_s"] = time.perf_counter() - t
-    stages.update()
 
-    t = stage("evaluate")
     table = read_shards(data)
     train, test = table.take(table.split != "test"), table.where_split("test")
-    result = evaluate_policy(out / "policy", train, test, seed=cfg.seed)
-    timings["evaluate_s"] = time.perf_counter() - t
-    stages.update()
+    # the main run above is seed `cfg.seed` already (same learner and config): not trained twice
+    extra_seeds = [s for s in cfg.seeds if s != cfg.seed]
+    specs = grid(extra_seeds) + (grid(cfg.loto_seeds, table.task_names) if cfg.loto else [])
+    t = stage(
+        f"{len(specs)} more runs: seeds {extra_seeds}"
+        + (" + leave-one-task-out" if cfg.loto else "")
+        + " (concurrent Ray tasks)",
+        4,
+    )
+    runs = train_runs(train_cfg, specs, table=table, export_root=out / "runs", cpus_per_run=cfg.cpus_per_run)
+    if cfg.seed in cfg.seeds:
+        from barp_ray.policy.checkpoint import load_policy
+        from barp_ray.training.runs import RunResult, RunSpec
 
+        main_run = RunResult(
+            spec=RunSpec(seed=cfg.seed),
+            best=outcome.best_metrics,
+            history=outcome.history,
+            tau=outcome.tau,
+            seconds=outcome.seconds,
+            policy_dir=out / "policy",
+            policy=load_policy(out / "policy"),
+        )
+        runs = [main_run, *runs]
+    timings["runs_s"] = time.perf_counter() - t
+
+    t = stage("evaluate", 5)
+    result = evaluate_policy(out / "policy", train, test, seed=cfg.seed)
+    seed_runs = [r for r in runs if r.spec.held_out_task is None]
+    per_seed = evaluate_seeds(seed_runs, train, test, with_baselines=cfg.seed_baselines)
+    seed_aiq = {r.spec.seed: res["routers"]["barp"]["aiq"] for r, res in zip(seed_runs, per_seed, strict=True)}
     loto_results = {}
-    if cfg.loto:
-        t = stage("leave-one-task-out")
-        for task in tqdm(table.task_names, desc="LOTO folds", unit="fold", leave=False):
-            fold_cfg = train_cfg.model_copy(update={"exclude_tasks": [task], "name": f"{train_cfg.name}-loto-{task}"})
-            fold_dir = out / "loto" / task
-            train_policy(fold_cfg, export_dir=fold_dir / "policy")
-            fold_train = train.where_tasks([task], keep=False)
-            fold_test = test.where_tasks([task])
-            loto_results[task] = evaluate_policy(fold_dir / "policy", fold_train, fold_test, seed=cfg.seed)
-        timings["loto_s"] = time.perf_counter() - t
-        stages.update()
-    stages.close()
+    for r in runs:
+        if r.spec.held_out_task is not None and r.spec.seed == cfg.loto_seeds[0]:
+            task = r.spec.held_out_task
+            loto_results[task] = evaluate_policy(
+                r.policy_dir, train.where_tasks([task], keep=False), test.where_tasks([task]), seed=cfg.seed
+            )
+    timings["evaluate_s"] = time.perf_counter() - t
+
+    if cfg.learning_curve:
+        from barp_ray.evaluation.learning_curve import learning_curve, plot_learning_curve
+
+        curve = learning_curve(
+            table.where_split("train"),
+            table.where_split("val"),
+            test,
+            train_cfg,
+            seeds=cfg.seeds,
+            progress=lambda line: print(line, flush=True),
+        )
+        (out / "eval").mkdir(parents=True, exist_ok=True)
+        (out / "eval" / "learning_curve.json").write_text(json.dumps(curve, indent=2))
+        plot_learning_curve(curve, out / "eval" / "learning_curve.png")
+        timings["learning_curve_s"] = time.perf_counter() - t - timings["evaluate_s"]
+
+    from barp_ray.evaluation.intervals import aggregate_results
 
     manifest = read_manifest(data)
+    seeds_summary = mean_interval(list(seed_aiq.values()))
+    per_router = aggregate_results(per_seed) if per_seed else {}
     sections = {
         "Data validation": _validation_markdown(manifest["validation"]),
         "Training": _training_markdown(train_cfg, outcome, stats, timings),
+        "Seeds": _seeds_markdown(seed_aiq, seeds_summary),
     }
     paths = write_report(result, out / "eval", "BaRP on RouterBench (test split)", sections, loto=loto_results or None)
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    (out / "eval" / "seeds.json").write_text(
+        json.dumps({"test_aiq": seed_aiq, **seeds_summary, "routers": per_router}, indent=2)
+    )
     train_cfg.to_yaml(out / "train_config.yaml")
+    print(summary_table(result, per_router, seeds_summary, loto_results, timings), flush=True)
     return {
         "shards": data,
         "policy": out / "policy",
         "train_config": out / "train_config.yaml",
         "ray_results": Path(storage) / train_cfg.name,
+        "runs": out / "runs",
         **paths,
+        "seeds": out / "eval" / "seeds.json",
         "timings": out / "timings.json",
     }
+
+
+def _evaluate_seed(policy, train, test, seed: int, with_baselines: bool) -> dict:
+    """metrics.json dict of one seed: its BaRP policy (+ the learned baselines fitted with this seed)."""
+    from barp_ray.evaluation.barp_router import BarpRouter
+    from barp_ray.evaluation.evaluate import build_baselines, evaluate_routers
+
+    router = BarpRouter(policy)
+    router.fit(train, policy.spec.tau)
+    routers = {"barp": router}
+    if with_baselines:
+        routers.update(
+            build_baselines(
+                train, policy.spec.tau, seed=seed, include=("offline_mlp", "knn", "linucb", "lin_ts", "eps_greedy")
+            )
+        )
+    return evaluate_routers(routers, test).to_json_dict()
+
+
+def evaluate_seeds(runs, train, test, with_baselines: bool = True, cpus: float = 1.0) -> list[dict]:
+    """Evaluate every seed's run concurrently as Ray tasks (the tables put in the object store once)."""
+    import ray
+
+    if not runs:
+        return []
+    task = ray.remote(num_cpus=cpus)(_evaluate_seed)
+    train_ref, test_ref = ray.put(train), ray.put(test)
+    return ray.get([task.remote(r.policy, train_ref, test_ref, r.spec.seed, with_baselines) for r in runs])
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> dict[str, float]:
+    """Mean and Student-t `level` interval (`evaluation.intervals.mean_interval`) as a plain dict."""
+    from barp_ray.evaluation.intervals import mean_interval as interval
+
+    i = interval(values, level)
+    return {"n": i.n, "mean": i.mean, "low": i.lo, "high": i.hi}
+
+
+def _seeds_markdown(seed_aiq: dict[int, float], summary: dict[str, float]) -> str:
+    rows = ["| seed | test AIQ |", "| ---: | ---: |"] + [f"| {s} | {a:.4f} |" for s, a in sorted(seed_aiq.items())]
+    rows.append(
+        f"\nMean over {summary['n']} seeds: {summary['mean']:.4f} "
+        f"(95% interval {summary['low']:.4f} - {summary['high']:.4f})."
+    )
+    return "\n".join(rows)
+
+
+def summary_table(result, per_router: dict, seeds: dict, loto: dict, timings: dict[str, float]) -> str:
+    """The table printed at the end of the main job: test AIQ per router (seed 0 of Ray Train, and the mean
+    with its 95% interval over the seeds where a router was run per seed), each LOTO fold, stage times."""
+    lines = ["", "== summary ==", f"{'router':36s} {'test AIQ':>9s}  {'over seeds: mean [95% interval]':>34s}"]
+    ranked = sorted(result.routers.items(), key=lambda kv: -kv[1].aiq)
+    for name, r in ranked[:10]:
+        over = per_router.get(name, {}).get("aiq")
+        tail = f"{over['mean']:.4f} [{over['lo']:.4f}, {over['hi']:.4f}] n={over['n']}" if over else ""
+        lines.append(f"{name[:36]:36s} {r.aiq:9.4f}  {tail:>34s}")
+    if seeds.get("n"):
+        lines.append(
+            f"{'BaRP over ' + str(seeds['n']) + ' seeds':36s} {seeds['mean']:9.4f}  "
+            f"[{seeds['low']:.4f}, {seeds['high']:.4f}]"
+        )
+    for task, fold in sorted(loto.items()):
+        lines.append(f"{'leave-one-task-out ' + task + ' (BaRP)':36s} {fold.routers['barp'].aiq:9.4f}")
+    total = sum(timings.values())
+    stages = ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in timings.items())
+    lines.append(f"stage times: {stages}; total {total:.0f}s")
+    return "\n".join(lines)
 
 
 def _training_markdown(cfg: TrainConfig, outcome, stats, timings: dict[str, float]) -> str:
@@ -154,4 +280,4 @@ def _training_markdown(cfg: TrainConfig, outcome, stats, timings: dict[str, floa
     return "\n".join(rows)
 
 
-__all__ = ["DemoConfig", "EvaluateConfig", "ensure_ray", "run_demo"]
+__all__ = ["DemoConfig", "EvaluateConfig", "ensure_ray", "mean_interval", "run_demo", "summary_table"]

@@ -29,12 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from barp_ray.data.shards import read_shards, write_shards  # noqa: E402
-from barp_ray.data.table import RoutingTable  # noqa: E402
-from barp_ray.policy.model import BarpPolicy  # noqa: E402
-from barp_ray.training.config import TrainConfig  # noqa: E402
-from barp_ray.training.loop import PolicyData, ReinforceLearner, policy_spec, validation_metrics  # noqa: E402
-from barp_ray.training.reward import derive_tau  # noqa: E402
+from barp_ray.data.shards import read_shards, write_shards
+from barp_ray.data.table import RoutingTable
+from barp_ray.objective import derive_tau
+from barp_ray.policy.model import BarpPolicy
+from barp_ray.training.config import TrainConfig
+from barp_ray.training.loop import PolicyData, ReinforceLearner, policy_spec, validation_metrics
 
 MODELS = [f"model-{k}" for k in range(11)]  # RouterBench has 11 candidate models
 
@@ -52,9 +52,15 @@ def synthetic_table(n: int, dim: int = 384, seed: int = 0) -> RoutingTable:
     costs = np.exp(rng.uniform(np.log(1e-5), np.log(5e-3), size=k)) * rng.uniform(0.5, 1.5, size=(n, k))
     split = rng.choice(np.array(["train", "val", "test"]), size=n, p=[0.7, 0.15, 0.15])
     return RoutingTable(
-        prompt_ids=[f"s{i}" for i in range(n)], prompts=[f"synthetic prompt {i}" for i in range(n)],
-        tasks=np.array([f"task-{c % 3}" for c in cluster]), models=list(MODELS), scores=scores, costs=costs,
-        split=split, embeddings=emb, encoder="synthetic-random-384",
+        prompt_ids=[f"s{i}" for i in range(n)],
+        prompts=[f"synthetic prompt {i}" for i in range(n)],
+        tasks=np.array([f"task-{c % 3}" for c in cluster]),
+        models=list(MODELS),
+        scores=scores,
+        costs=costs,
+        split=split,
+        embeddings=emb,
+        encoder="synthetic-random-384",
     )
 
 
@@ -63,8 +69,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_loop(train: RoutingTable, val: RoutingTable, cfg: TrainConfig, tau: float, device: str,
-              steps: int, threads: int) -> dict:
+def bare_loop(
+    train: RoutingTable, val: RoutingTable, cfg: TrainConfig, tau: float, device: str, steps: int, threads: int
+) -> dict:
     """The learner step without Ray (same code the Train workers run): samples/s after a warm-up."""
     dev = torch.device(device)
     torch.set_num_threads(threads)
@@ -81,7 +88,10 @@ def bare_loop(train: RoutingTable, val: RoutingTable, cfg: TrainConfig, tau: flo
     _sync(dev)
     seconds = time.perf_counter() - t0
     out = {
-        "device": device, "steps": steps, "batch_size": cfg.batch_size, "seconds": round(seconds, 3),
+        "device": device,
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "seconds": round(seconds, 3),
         "samples_per_s": round(steps * cfg.batch_size / seconds, 1),
         "final_reward": round(stats["reward"], 4),
     }
@@ -107,21 +117,32 @@ def ray_train_run(data_dir: Path, cfg: TrainConfig, use_gpu: bool, storage: Path
     from barp_ray.training.trainer import train_policy
 
     name = f"gpu-bench-{'gpu' if use_gpu else 'cpu'}"
-    run_cfg = cfg.model_copy(update={
-        "data": str(data_dir), "storage_path": str(storage), "name": name, "use_gpu": use_gpu,
-        "num_workers": 1,
-    })
+    run_cfg = cfg.model_copy(
+        update={
+            "data": str(data_dir),
+            "storage_path": str(storage),
+            "name": name,
+            "use_gpu": use_gpu,
+            "num_workers": 1,
+        }
+    )
     t0 = time.perf_counter()
     try:
         outcome = train_policy(run_cfg)
     except Exception as exc:  # noqa: BLE001
-        return {"use_gpu": use_gpu, "error": f"{type(exc).__name__}: {exc}"[:1500],
-                "traceback": traceback.format_exc()[-3000:]}
+        return {
+            "use_gpu": use_gpu,
+            "error": f"{type(exc).__name__}: {exc}"[:1500],
+            "traceback": traceback.format_exc()[-3000:],
+        }
     rates = [m["train_samples_per_s"] for m in outcome.history]
     steady = rates[1:] or rates  # epoch 0 includes CUDA context warm-up
     return {
-        "use_gpu": use_gpu, "cpus_per_worker": run_cfg.cpus_per_worker, "epochs": run_cfg.epochs,
-        "steps_per_epoch": run_cfg.steps_per_epoch, "batch_size": run_cfg.batch_size,
+        "use_gpu": use_gpu,
+        "cpus_per_worker": run_cfg.cpus_per_worker,
+        "epochs": run_cfg.epochs,
+        "steps_per_epoch": run_cfg.steps_per_epoch,
+        "batch_size": run_cfg.batch_size,
         "samples_per_s_per_epoch": [round(r, 1) for r in rates],
         "samples_per_s": round(float(np.median(steady)), 1),
         "best_val_aiq": round(float(outcome.best_metrics["val_aiq"]), 4),
@@ -146,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = torch.cuda.is_available()
     env = {
-        "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(), "cuda": cuda,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "cuda": cuda,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
     }
     print(f"env: {env}", flush=True)
@@ -162,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         write_shards(table, data_dir, num_shards=4)
     train, val = table.where_split("train"), table.where_split("val")
     cfg = TrainConfig(
-        data=str(data_dir), epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size, hidden_dim=args.hidden_dim, cpus_per_worker=args.cpus_per_worker,
+        data=str(data_dir),
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        hidden_dim=args.hidden_dim,
+        cpus_per_worker=args.cpus_per_worker,
         max_failures=0,
     )
     tau = derive_tau(train.costs, cfg.tau_rule)
@@ -181,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local, short-lived instance
-        ray.init(num_cpus=max(4, int(args.cpus_per_worker) + 2), num_gpus=1 if cuda else 0,
-                 include_dashboard=False, object_store_memory=1024**3)
+        ray.init(
+            num_cpus=max(4, int(args.cpus_per_worker) + 2),
+            num_gpus=1 if cuda else 0,
+            include_dashboard=False,
+            object_store_memory=1024**3,
+        )
         for use_gpu in [False] + ([True] if cuda else []):
             r = ray_train_run(data_dir, cfg, use_gpu, work / "ray")
             shown = {k: v for k, v in r.items() if k != "traceback"}

@@ -46,8 +46,12 @@ def replay(port: int, table, rows: np.ndarray, passes: int, seed: int, concurren
     bar = tqdm(total=len(jobs), desc=f"replay {label}", unit="req")
 
     async def one(client: httpx.AsyncClient, i: int, w: float) -> None:
-        body = {"model": "barp", "messages": [{"role": "user", "content": table.prompts[i]}],
-                "preference": {"cost": w}, "prompt_id": str(table.prompt_ids[i])}
+        body = {
+            "model": "barp",
+            "messages": [{"role": "user", "content": table.prompts[i]}],
+            "preference": {"cost": w},
+            "prompt_id": str(table.prompt_ids[i]),
+        }
         r = await client.post("/v1/chat/completions", json=body)
         stats["requests"] += 1
         if r.status_code != 200:
@@ -66,8 +70,10 @@ def replay(port: int, table, rows: np.ndarray, passes: int, seed: int, concurren
         for job in jobs:
             queue.put_nowait(job)
         limits = httpx.Limits(max_connections=concurrency + 2)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120,
-                                     limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120, limits=limits
+        ) as client:
+
             async def worker() -> None:
                 while not queue.empty():
                     i, w = queue.get_nowait()
@@ -103,11 +109,16 @@ def log_stats(log_dir: Path, table, split: str) -> dict:
     frame = read_decision_log(log_dir)
     frame = frame[frame["prompt_hash"].isin(hashes)]
     span = (frame["decided_at"].max() - frame["decided_at"].min()).total_seconds() if len(frame) > 1 else 0.0
-    return {"decisions": len(frame), "with_feedback": int((frame["feedback_count"] > 0).sum()),
-            "explored": int(frame["explored"].sum()), "fallbacks": int((frame["fallback_count"] > 0).sum()),
-            "errors": int((~frame["status"].isin(["ok", "fallback"])).sum()),
-            "seconds": round(span, 1), "decisions_per_s": round(len(frame) / span, 2) if span else None,
-            "by_model": frame["chosen_model"].value_counts().to_dict()}
+    return {
+        "decisions": len(frame),
+        "with_feedback": int((frame["feedback_count"] > 0).sum()),
+        "explored": int(frame["explored"].sum()),
+        "fallbacks": int((frame["fallback_count"] > 0).sum()),
+        "errors": int((~frame["status"].isin(["ok", "fallback"])).sum()),
+        "seconds": round(span, 1),
+        "decisions_per_s": round(len(frame) / span, 2) if span else None,
+        "by_model": frame["chosen_model"].value_counts().to_dict(),
+    }
 
 
 def truth(policy_dir: str, test, tau: float, c_range: tuple[float, float]) -> dict:
@@ -120,11 +131,14 @@ def truth(policy_dir: str, test, tau: float, c_range: tuple[float, float]) -> di
     router.fit(test, tau)  # checks the model order; BaRP learns nothing here
     points, rewards = [], {}
     for w in DEFAULT_W_GRID:
-        choice = router.route(test, float(w))
+        choice = router.route_table(test, float(w))
         points.append(curve_point(test, choice, float(w)))
         rewards[f"{w:g}"] = realised_reward(test, choice, float(w), tau)
-    return {"aiq": aiq([p.cost for p in points], [p.score for p in points], *c_range),
-            "curve": {f"{p.w_cost:g}": {"score": p.score, "cost": p.cost} for p in points}, "reward": rewards}
+    return {
+        "aiq": aiq([p.cost for p in points], [p.score for p in points], *c_range),
+        "curve": {f"{p.w_cost:g}": {"score": p.score, "cost": p.cost} for p in points},
+        "reward": rewards,
+    }
 
 
 def plot(curves: dict[str, dict], singles: dict[str, tuple[float, float]], path: Path) -> None:
@@ -164,8 +178,11 @@ def main() -> int:
     p.add_argument("--weighting", default="snips", choices=["snips", "clipped_ips"])
     p.add_argument("--rollout-requests", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reuse", action="store_true",
-                   help="keep <out>/v0_policy and the decision log of an earlier run (skip v0 training and replay)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep <out>/v0_policy and the decision log of an earlier run (skip v0 training and replay)",
+    )
     p.add_argument("--out", default="runs/bench/offpolicy_loop")
     args = p.parse_args()
     started = time.perf_counter()
@@ -205,9 +222,16 @@ def main() -> int:
     v0_dir = out / "v0_policy"
     reuse = args.reuse and (v0_dir / "policy.json").exists() and (out / "decision_log" / "decisions").exists()
     if not reuse:
-        v0_cfg = TrainConfig(data=data, exclude_tasks=[x for x in tasks if x != args.v0_task],
-                             epochs=args.v0_epochs, steps_per_epoch=100, tau=tau,
-                             storage_path=str(out / "ray_results"), name="loop-v0", seed=args.seed)
+        v0_cfg = TrainConfig(
+            data=data,
+            exclude_tasks=[x for x in tasks if x != args.v0_task],
+            epochs=args.v0_epochs,
+            steps_per_epoch=100,
+            tau=tau,
+            storage_path=str(out / "ray_results"),
+            name="loop-v0",
+            seed=args.seed,
+        )
         train_policy(v0_cfg, export_dir=v0_dir)
     v0 = str(v0_dir)
     lap("train_v0", t)
@@ -219,10 +243,14 @@ def main() -> int:
         import shutil
 
         shutil.rmtree(log_dir)
-    app = sc.app_config(v0, str(log_dir), sc.keys_file(out),
-                        exploration={"mode": "epsilon", "epsilon": args.epsilon, "seed": args.seed},
-                        decision_log={"path": str(log_dir), "flush_rows": 512, "flush_interval_s": 2},
-                        router={"max_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 64})
+    app = sc.app_config(
+        v0,
+        str(log_dir),
+        sc.keys_file(out),
+        exploration={"mode": "epsilon", "epsilon": args.epsilon, "seed": args.seed},
+        decision_log={"path": str(log_dir), "flush_rows": 512, "flush_interval_s": 2},
+        router={"max_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 64},
+    )
     sc.deploy_declarative(app, port)  # from a config, as `serve run` does: rollout can then update it in place
     lap("deploy_v0", t)
 
@@ -230,10 +258,12 @@ def main() -> int:
     train_rows = np.flatnonzero(table.split == "train")
     test_rows = np.flatnonzero(table.split == "test")
     if not reuse:
-        results["replay_train"] = replay(port, table, train_rows, args.train_passes, args.seed, args.concurrency,
-                                         "train")
-        results["replay_test"] = replay(port, table, test_rows, args.test_passes, args.seed + 1, args.concurrency,
-                                        "test")
+        results["replay_train"] = replay(
+            port, table, train_rows, args.train_passes, args.seed, args.concurrency, "train"
+        )
+        results["replay_test"] = replay(
+            port, table, test_rows, args.test_passes, args.seed + 1, args.concurrency, "test"
+        )
         wait_for_log(log_dir, results["replay_train"]["requests"] + results["replay_test"]["requests"])
     results["logged"] = {split: log_stats(log_dir, table, split) for split in ("train", "test")}
 
@@ -241,24 +271,35 @@ def main() -> int:
     t = time.perf_counter()
     v1_cfg = OffPolicyTrainConfig(
         source=LogSource(logs=str(log_dir), embeddings_from=data, prompt_split="train"),
-        storage_path=str(out / "ray_results"), name="loop-v1", epochs=args.v1_epochs, weighting=args.weighting,
+        storage_path=str(out / "ray_results"),
+        name="loop-v1",
+        epochs=args.v1_epochs,
+        weighting=args.weighting,
         seed=args.seed,
     )
     outcome, context = train_offpolicy(v1_cfg, export_dir=out / "v1_policy")
     v1 = str(outcome.policy_dir)
-    results["v1_training"] = {"log_read": context["report"], "train_rows": context["train_rows"],
-                              "val_rows": context["val_rows"], "best": outcome.best_metrics,
-                              "seconds": round(outcome.seconds, 1)}
+    results["v1_training"] = {
+        "log_read": context["report"],
+        "train_rows": context["train_rows"],
+        "val_rows": context["val_rows"],
+        "best": outcome.best_metrics,
+        "seconds": round(outcome.seconds, 1),
+    }
     lap("train_v1", t)
 
     # 5. ground truth on the test split
-    curves = {"v0 (one task)": truth(v0, test, tau, c_range), "v1 (from logs)": truth(v1, test, tau, c_range),
-              "reference (on-policy)": truth(reference, test, tau, c_range)}
+    curves = {
+        "v0 (one task)": truth(v0, test, tau, c_range),
+        "v1 (from logs)": truth(v1, test, tau, c_range),
+        "reference (on-policy)": truth(reference, test, tau, c_range),
+    }
     results["truth"] = curves
     v0_t, v1_t, ref_t = curves["v0 (one task)"], curves["v1 (from logs)"], curves["reference (on-policy)"]
     beats = {f"{w:g}": v1_t["reward"][f"{w:g}"] > v0_t["reward"][f"{w:g}"] for w in KEY_WS}
     results["targets"] = {
-        "v1_beats_v0_reward": beats, "v1_beats_v0_all": all(beats.values()),
+        "v1_beats_v0_reward": beats,
+        "v1_beats_v0_all": all(beats.values()),
         "aiq_fraction_of_reference": v1_t["aiq"] / ref_t["aiq"],
         "aiq_target_met": v1_t["aiq"] >= TARGET_AIQ_FRACTION * ref_t["aiq"],
     }
@@ -267,23 +308,38 @@ def main() -> int:
     t = time.perf_counter()
     ope_results = {}
     for model in ("logs", "full_information"):
-        ope_cfg = OPEConfig(source=LogSource(logs=str(log_dir), embeddings_from=data, prompt_split="test"),
-                            candidate=v1, baseline=v0, w_grid=list(KEY_WS), reward_model=model, reward_data=data,
-                            out_dir=str(out / f"ope_{model}"), seed=args.seed)
+        ope_cfg = OPEConfig(
+            source=LogSource(logs=str(log_dir), embeddings_from=data, prompt_split="test"),
+            candidate=v1,
+            baseline=v0,
+            w_grid=list(KEY_WS),
+            reward_model=model,
+            reward_data=data,
+            out_dir=str(out / f"ope_{model}"),
+            seed=args.seed,
+        )
         ope_results[model] = run_ope(ope_cfg)
     coverage = {}
     for model, r in ope_results.items():
         cov = {}
         for w in KEY_WS:
             true_score = v1_t["curve"][f"{w:g}"]["score"]
-            cov[f"{w:g}"] = {e: {"value": v["value"], "low": v["low"], "high": v["high"],
-                                 "covers": v["low"] <= true_score <= v["high"]}
-                             for e, v in r["grid"]["candidate"][f"{w:g}"]["score"].items()}
+            cov[f"{w:g}"] = {
+                e: {
+                    "value": v["value"],
+                    "low": v["low"],
+                    "high": v["high"],
+                    "covers": v["low"] <= true_score <= v["high"],
+                }
+                for e, v in r["grid"]["candidate"][f"{w:g}"]["score"].items()
+            }
             cov[f"{w:g}"]["truth"] = true_score
         coverage[model] = cov
-    results["ope"] = {"coverage_of_v1_score": coverage,
-                      "vs_logging": {m: r["vs_logging"] for m, r in ope_results.items()},
-                      "v1_vs_v0": {m: r["vs_baseline"] for m, r in ope_results.items()}}
+    results["ope"] = {
+        "coverage_of_v1_score": coverage,
+        "vs_logging": {m: r["vs_logging"] for m, r in ope_results.items()},
+        "v1_vs_v0": {m: r["vs_baseline"] for m, r in ope_results.items()},
+    }
     lap("ope", t)
 
     # 7. roll v1 out to the running router; the log must show v1's version on new decisions
@@ -323,47 +379,71 @@ def rollout_phase(port: int, v1: str, log_dir: Path, table, test_rows: np.ndarra
     time.sleep(5)
     versions = read_decisions(log_dir).to_pandas()["policy_version"].value_counts().to_dict()
     want = policy_version(v1)
-    return {"info": info, "seconds": seconds, "requests_after": stats, "v1_version": want,
-            "decisions_by_version": versions, "v1_decisions": int(versions.get(want, 0))}
+    return {
+        "info": info,
+        "seconds": seconds,
+        "requests_after": stats,
+        "v1_version": want,
+        "decisions_by_version": versions,
+        "v1_decisions": int(versions.get(want, 0)),
+    }
 
 
 def markdown(r: dict, log) -> str:
     a, tr, tg = r["args"], r["truth"], r["targets"]
     lines = [
-        f"# Learning from served traffic: the loop on RouterBench ({r['machine_start']['time']})", "",
+        f"# Learning from served traffic: the loop on RouterBench ({r['machine_start']['time']})",
+        "",
         f"v0: on-policy BaRP trained on `{a['v0_task']}` only ({a['v0_epochs']} x 100 steps), served with "
         f"epsilon-greedy exploration (epsilon {a['epsilon']}). Train prompts replayed {a['train_passes']}x, test "
         f"prompts {a['test_passes']}x, w_c ~ U(0,1) per request, feedback = the recorded 0/1 score of the "
         f"model that answered. v1: SNIPS-weighted REINFORCE on Ray Train from the train-prompt logs only "
         f"({a['weighting']}, {a['v1_epochs']} epochs). Reference: on-policy BaRP with simulated bandit feedback "
         f"on the same train prompts (`{a['reference']}`). tau ${r['tau']:.4g}. Machine: "
-        f"{r['machine_start']['cpus']} CPUs, load {r['machine_start']['loadavg_1_5_15']} at start.", "",
-        "## Traffic and logs", "",
+        f"{r['machine_start']['cpus']} CPUs, load {r['machine_start']['loadavg_1_5_15']} at start.",
+        "",
+        "## Traffic and logs",
+        "",
         f"- train-prompt traffic in the log: {r['logged']['train']}",
         f"- test-prompt traffic in the log: {r['logged']['test']}",
         f"- replay client: {r.get('replay_train', 'reused from an earlier run')} / {r.get('replay_test', '')}",
         "- rows usable for v1 (train prompts): "
         f"{r['v1_training']['train_rows']} + {r['v1_training']['val_rows']} held out; read report "
-        f"{r['v1_training']['log_read']}", "",
-        "## Ground truth on the test split (full information)", "",
+        f"{r['v1_training']['log_read']}",
+        "",
+        "## Ground truth on the test split (full information)",
+        "",
         "| policy | AIQ | reward w_c=0 | reward w_c=0.5 | reward w_c=1 | score w_c=0 | cost w_c=0 | score w_c=1 "
-        "| cost w_c=1 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| cost w_c=1 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, t in tr.items():
-        lines.append(f"| {name} | {t['aiq']:.4f} | {t['reward']['0']:.4f} | {t['reward']['0.5']:.4f} | "
-                     f"{t['reward']['1']:.4f} | {t['curve']['0']['score']:.4f} | ${t['curve']['0']['cost']:.6f} | "
-                     f"{t['curve']['1']['score']:.4f} | ${t['curve']['1']['cost']:.6f} |")
+        lines.append(
+            f"| {name} | {t['aiq']:.4f} | {t['reward']['0']:.4f} | {t['reward']['0.5']:.4f} | "
+            f"{t['reward']['1']:.4f} | {t['curve']['0']['score']:.4f} | ${t['curve']['0']['cost']:.6f} | "
+            f"{t['curve']['1']['score']:.4f} | ${t['curve']['1']['cost']:.6f} |"
+        )
     frac = tg["aiq_fraction_of_reference"]
-    lines += ["", f"- v1 beats v0 (test reward) at w_c in {{0, 0.5, 1}}: {tg['v1_beats_v0_reward']} -> "
-              f"**{'met' if tg['v1_beats_v0_all'] else 'NOT met'}**",
-              f"- v1 AIQ / reference AIQ = {frac:.3f} (target >= {TARGET_AIQ_FRACTION}): "
-              f"**{'met' if tg['aiq_target_met'] else 'NOT met'}**", "",
-              "![cost-quality](cost_quality.png)", "",
-              "## OPE of v1's mean score on the logged test-prompt traffic vs the truth", ""]
+    lines += [
+        "",
+        f"- v1 beats v0 (test reward) at w_c in {{0, 0.5, 1}}: {tg['v1_beats_v0_reward']} -> "
+        f"**{'met' if tg['v1_beats_v0_all'] else 'NOT met'}**",
+        f"- v1 AIQ / reference AIQ = {frac:.3f} (target >= {TARGET_AIQ_FRACTION}): "
+        f"**{'met' if tg['aiq_target_met'] else 'NOT met'}**",
+        "",
+        "![cost-quality](cost_quality.png)",
+        "",
+        "## OPE of v1's mean score on the logged test-prompt traffic vs the truth",
+        "",
+    ]
     for model, cov in r["ope"]["coverage_of_v1_score"].items():
         ests = [e for e in next(iter(cov.values())) if e != "truth"]
-        lines += [f"DR reward model: `{model}`", "", "| w_c | truth | " + " | ".join(
-            f"{e} [95% CI]" for e in ests) + " |", "| --- | ---: | " + " | ".join("---" for _ in ests) + " |"]
+        lines += [
+            f"DR reward model: `{model}`",
+            "",
+            "| w_c | truth | " + " | ".join(f"{e} [95% CI]" for e in ests) + " |",
+            "| --- | ---: | " + " | ".join("---" for _ in ests) + " |",
+        ]
         covered_by = {e: 0 for e in ests}
         for w, row in cov.items():
             cells = []
@@ -374,23 +454,33 @@ def markdown(r: dict, log) -> str:
             lines.append(f"| {w} | {row['truth']:.4f} | " + " | ".join(cells) + " |")
         n = len(cov)
         per_w = [sum(row[e]["covers"] for e in ests) for row in cov.values()]
-        lines += ["", "- intervals covering the truth: " + ", ".join(f"{e} {covered_by[e]}/{n}" for e in ests)
-                  + f"; estimators covering at each w: {per_w} (target: >= 2 of 3)", ""]
+        lines += [
+            "",
+            "- intervals covering the truth: "
+            + ", ".join(f"{e} {covered_by[e]}/{n}" for e in ests)
+            + f"; estimators covering at each w: {per_w} (target: >= 2 of 3)",
+            "",
+        ]
     lines += ["## OPE verdicts", ""]
     for model in r["ope"]["vs_logging"]:
         v = r["ope"]["vs_logging"][model]
-        lines.append(f"- `{model}`: v1 vs the logging rule at the callers' preferences ({v['estimator']}): "
-                     f"{v['difference']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] -> {v['verdict']}; v1 vs v0 at "
-                     + ", ".join(f"w_c={w}: {d['verdict']} ({d['difference']:+.4f})"
-                                 for w, d in r["ope"]["v1_vs_v0"][model].items()))
+        lines.append(
+            f"- `{model}`: v1 vs the logging rule at the callers' preferences ({v['estimator']}): "
+            f"{v['difference']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] -> {v['verdict']}; v1 vs v0 at "
+            + ", ".join(
+                f"w_c={w}: {d['verdict']} ({d['difference']:+.4f})" for w, d in r["ope"]["v1_vs_v0"][model].items()
+            )
+        )
     ro = r["rollout"]
     lines += ["", "## Rollout", ""]
     if "error" in ro:
         lines.append(f"- FAILED: {ro['error']}")
     else:
-        lines += [f"- v1 ({ro['v1_version']}) rolled out in {ro['seconds']} s: {ro['info']}",
-                  f"- requests after the rollout: {ro['requests_after']}",
-                  f"- decisions by policy version: {ro['decisions_by_version']} ({ro['v1_decisions']} by v1)"]
+        lines += [
+            f"- v1 ({ro['v1_version']}) rolled out in {ro['seconds']} s: {ro['info']}",
+            f"- requests after the rollout: {ro['requests_after']}",
+            f"- decisions by policy version: {ro['decisions_by_version']} ({ro['v1_decisions']} by v1)",
+        ]
     lines += ["", f"Timings (s): {r['timings_s']}", ""]
     return "\n".join(lines)
 

@@ -35,10 +35,13 @@ def router_status() -> dict:
         return {"running": 0, "target": None, "status": "MISSING"}
     dep = app.deployments[ROUTER]
     states = {getattr(k, "value", str(k)): v for k, v in dep.replica_states.items()}
-    return {"running": int(states.get("RUNNING", 0)), "target": int(sum(v for k, v in states.items()
-            if k in ("RUNNING", "STARTING", "UPDATING", "RECOVERING"))), "states": states,
-            "status": getattr(dep.status, "value", str(dep.status)),
-            "trigger": getattr(dep.status_trigger, "value", str(dep.status_trigger))}
+    return {
+        "running": int(states.get("RUNNING", 0)),
+        "target": int(sum(v for k, v in states.items() if k in ("RUNNING", "STARTING", "UPDATING", "RECOVERING"))),
+        "states": states,
+        "status": getattr(dep.status, "value", str(dep.status)),
+        "trigger": getattr(dep.status_trigger, "value", str(dep.status_trigger)),
+    }
 
 
 def router_pids() -> list[int]:
@@ -79,16 +82,27 @@ class Sampler(threading.Thread):
 
 
 def chat_bodies(prompts: list[str]) -> list[dict]:
-    return [{"model": "barp", "messages": [{"role": "user", "content": q}], "preference": {"cost": w}}
-            for q, w in zip(prompts, [0.1, 0.5, 0.9] * len(prompts), strict=False)]
+    return [
+        {"model": "barp", "messages": [{"role": "user", "content": q}], "preference": {"cost": w}}
+        for q, w in zip(prompts, [0.1, 0.5, 0.9] * len(prompts), strict=False)
+    ]
 
 
 def phase_autoscale(args, policy: str, out, port: int, keys: str, bodies: list[dict]) -> dict:
     cfg = sc.app_config(
-        policy, str(out / "decisions-autoscale"), keys,
-        router={"min_replicas": 1, "max_replicas": args.max_replicas, "target_ongoing_requests": args.target,
-                "upscale_delay_s": args.upscale_delay_s, "downscale_delay_s": args.downscale_delay_s,
-                "metrics_interval_s": 1.0, "look_back_period_s": 5.0, "num_cpus": 0.5, "max_ongoing_requests": 256},
+        policy,
+        str(out / "decisions-autoscale"),
+        keys,
+        router={
+            "min_replicas": 1,
+            "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.target,
+            "upscale_delay_s": args.upscale_delay_s,
+            "downscale_delay_s": args.downscale_delay_s,
+            "look_back_period_s": 11.0,
+            "num_cpus": 0.5,
+            "max_ongoing_requests": 256,
+        },
         batching={"enabled": True, "max_batch_size": 16, "batch_wait_timeout_s": 0.002},
     )
     took = sc.deploy(cfg, port)
@@ -96,15 +110,27 @@ def phase_autoscale(args, policy: str, out, port: int, keys: str, bodies: list[d
     sampler = Sampler(1.0, router_status)
     sampler.start()
     load_start = time.monotonic() - sampler.t0
-    load = asyncio.run(sc.closed_loop(f"http://127.0.0.1:{port}/v1/chat/completions", bodies, args.clients,
-                                      args.load_s, warmup_s=0.0, timeout_s=120))
+    load = asyncio.run(
+        sc.closed_loop(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            bodies,
+            args.clients,
+            args.load_s,
+            warmup_s=0.0,
+            timeout_s=120,
+        )
+    )
     load_end = time.monotonic() - sampler.t0
     print(f"load: {load}", flush=True)
     deadline = time.monotonic() + args.cooldown_s
     while time.monotonic() < deadline:
         time.sleep(1)
-        if sampler.samples and sampler.samples[-1].get("running") == 1 and \
-                time.monotonic() - sampler.t0 > load_end + 5 and args.stop_when_down:
+        if (
+            sampler.samples
+            and sampler.samples[-1].get("running") == 1
+            and time.monotonic() - sampler.t0 > load_end + 5
+            and args.stop_when_down
+        ):
             break
     sampler.stop.set()
     sampler.join()
@@ -112,14 +138,23 @@ def phase_autoscale(args, policy: str, out, port: int, keys: str, bodies: list[d
     running = [s.get("running", 0) for s in samples]
     reached = next((s["t_s"] for s in samples if s.get("running") == args.max_replicas), None)
     back = next((s["t_s"] for s in samples if s["t_s"] > load_end and s.get("running") == 1), None)
-    return {"deploy_s": round(took, 1), "load": load, "load_window_s": [round(load_start, 1), round(load_end, 1)],
-            "max_running": max(running) if running else 0, "reached_max_at_s": reached,
-            "back_to_min_at_s": back, "samples": samples, "machine": sc.machine()}
+    return {
+        "deploy_s": round(took, 1),
+        "load": load,
+        "load_window_s": [round(load_start, 1), round(load_end, 1)],
+        "max_running": max(running) if running else 0,
+        "reached_max_at_s": reached,
+        "back_to_min_at_s": back,
+        "samples": samples,
+        "machine": sc.machine(),
+    }
 
 
 def phase_rss(args, policy: str, out, port: int, keys: str, bodies: list[dict]) -> dict:
     cfg = sc.app_config(
-        policy, str(out / "decisions-rss"), keys,
+        policy,
+        str(out / "decisions-rss"),
+        keys,
         router={"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 256},
         batching={"enabled": True, "max_batch_size": 16, "batch_wait_timeout_s": 0.002},
     )
@@ -135,39 +170,66 @@ def phase_rss(args, policy: str, out, port: int, keys: str, bodies: list[dict]) 
 
     sampler = Sampler(args.rss_every_s, rss)
     sampler.start()
-    load = asyncio.run(sc.closed_loop(f"http://127.0.0.1:{port}/v1/chat/completions", bodies, args.rss_clients,
-                                      args.minutes * 60.0, warmup_s=0.0, timeout_s=120))
+    load = asyncio.run(
+        sc.closed_loop(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            bodies,
+            args.rss_clients,
+            args.minutes * 60.0,
+            warmup_s=0.0,
+            timeout_s=120,
+        )
+    )
     sampler.stop.set()
     sampler.join()
     samples = [s for s in sampler.samples if "rss_mb" in s]
     warm = [s for s in samples if s["t_s"] >= args.warmup_s] or samples
     first, last = warm[0]["rss_mb"], samples[-1]["rss_mb"]
     peak = max(s["rss_mb"] for s in warm)
-    return {"deploy_s": round(took, 1), "load": load, "minutes": args.minutes, "warmup_s": args.warmup_s,
-            "rss_first_mb": samples[0]["rss_mb"], "rss_after_warmup_mb": first, "rss_last_mb": last,
-            "rss_peak_after_warmup_mb": peak, "growth_pct": round(100.0 * (last - first) / first, 2),
-            "peak_growth_pct": round(100.0 * (peak - first) / first, 2),
-            "flat_within_10pct": abs(last - first) / first <= 0.10 and (peak - first) / first <= 0.10,
-            "samples": samples, "machine": sc.machine()}
+    return {
+        "deploy_s": round(took, 1),
+        "load": load,
+        "minutes": args.minutes,
+        "warmup_s": args.warmup_s,
+        "rss_first_mb": samples[0]["rss_mb"],
+        "rss_after_warmup_mb": first,
+        "rss_last_mb": last,
+        "rss_peak_after_warmup_mb": peak,
+        "growth_pct": round(100.0 * (last - first) / first, 2),
+        "peak_growth_pct": round(100.0 * (peak - first) / first, 2),
+        "flat_within_10pct": abs(last - first) / first <= 0.10 and (peak - first) / first <= 0.10,
+        "samples": samples,
+        "machine": sc.machine(),
+    }
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# Router autoscaling and memory ({r['machine_start']['time']})", "",
-             f"policy `{r['policy']}`; machine: {r['machine_start']['cpus']} CPUs, load average at start "
-             f"{r['machine_start']['loadavg_1_5_15']}, at end {r['machine_end']['loadavg_1_5_15']} (shared).", ""]
+    lines = [
+        f"# Router autoscaling and memory ({r['machine_start']['time']})",
+        "",
+        f"policy `{r['policy']}`; machine: {r['machine_start']['cpus']} CPUs, load average at start "
+        f"{r['machine_start']['loadavg_1_5_15']}, at end {r['machine_end']['loadavg_1_5_15']} (shared).",
+        "",
+    ]
     a = r.get("autoscale")
     if a:
         args = r["args"]
-        lines += ["## Autoscaling", "",
-                  f"min 1 / max {args['max_replicas']} replicas, target_ongoing_requests {args['target']}, upscale "
-                  f"delay {args['upscale_delay_s']} s, downscale delay {args['downscale_delay_s']} s; "
-                  f"{args['clients']} clients of POST /v1/chat/completions for {args['load_s']} s "
-                  f"(load window {a['load_window_s']} s), then idle.", "",
-                  f"- throughput {a['load']['throughput_rps']} req/s, p50 {a['load'].get('p50_ms')} ms, p99 "
-                  f"{a['load'].get('p99_ms')} ms, errors {a['load']['errors']}",
-                  f"- max running replicas {a['max_running']}; reached max at t = {a['reached_max_at_s']} s; back to "
-                  f"1 at t = {a['back_to_min_at_s']} s", "",
-                  "| t (s) | running | running + starting | status |", "| ---: | ---: | ---: | --- |"]
+        lines += [
+            "## Autoscaling",
+            "",
+            f"min 1 / max {args['max_replicas']} replicas, target_ongoing_requests {args['target']}, upscale "
+            f"delay {args['upscale_delay_s']} s, downscale delay {args['downscale_delay_s']} s; "
+            f"{args['clients']} clients of POST /v1/chat/completions for {args['load_s']} s "
+            f"(load window {a['load_window_s']} s), then idle.",
+            "",
+            f"- throughput {a['load']['throughput_rps']} req/s, p50 {a['load'].get('p50_ms')} ms, p99 "
+            f"{a['load'].get('p99_ms')} ms, errors {a['load']['errors']}",
+            f"- max running replicas {a['max_running']}; reached max at t = {a['reached_max_at_s']} s; back to "
+            f"1 at t = {a['back_to_min_at_s']} s",
+            "",
+            "| t (s) | running | running + starting | status |",
+            "| ---: | ---: | ---: | --- |",
+        ]
         prev = None
         for s in a["samples"]:
             key = (s.get("running"), s.get("target"), s.get("status"))
@@ -177,16 +239,22 @@ def markdown(r: dict) -> str:
         lines.append("")
     m = r.get("rss")
     if m:
-        lines += ["## Router replica RSS under load", "",
-                  f"{r['args']['rss_clients']} clients of POST /v1/chat/completions for {m['minutes']} min, one "
-                  f"router replica; {m['load']['completed']} requests ({m['load']['throughput_rps']} req/s), "
-                  f"{m['load']['errors']} errors.", "",
-                  f"- RSS at start {m['rss_first_mb']} MB, after {m['warmup_s']} s warm-up "
-                  f"{m['rss_after_warmup_mb']} MB, "
-                  f"at the end {m['rss_last_mb']} MB ({m['growth_pct']:+}%), peak after warm-up "
-                  f"{m['rss_peak_after_warmup_mb']} MB ({m['peak_growth_pct']:+}%): flat within 10%: "
-                  f"{'yes' if m['flat_within_10pct'] else 'NO'}", "",
-                  "| t (s) | RSS MB |", "| ---: | ---: |"]
+        lines += [
+            "## Router replica RSS under load",
+            "",
+            f"{r['args']['rss_clients']} clients of POST /v1/chat/completions for {m['minutes']} min, one "
+            f"router replica; {m['load']['completed']} requests ({m['load']['throughput_rps']} req/s), "
+            f"{m['load']['errors']} errors.",
+            "",
+            f"- RSS at start {m['rss_first_mb']} MB, after {m['warmup_s']} s warm-up "
+            f"{m['rss_after_warmup_mb']} MB, "
+            f"at the end {m['rss_last_mb']} MB ({m['growth_pct']:+}%), peak after warm-up "
+            f"{m['rss_peak_after_warmup_mb']} MB ({m['peak_growth_pct']:+}%): flat within 10%: "
+            f"{'yes' if m['flat_within_10pct'] else 'NO'}",
+            "",
+            "| t (s) | RSS MB |",
+            "| ---: | ---: |",
+        ]
         step = max(1, len(m["samples"]) // 20)
         for s in m["samples"][::step] + ([m["samples"][-1]] if len(m["samples"]) % step != 1 else []):
             lines.append(f"| {s['t_s']} | {s['rss_mb']} |")

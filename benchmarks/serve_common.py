@@ -32,8 +32,12 @@ def free_port() -> int:
 def machine() -> dict:
     """Load and size of this (shared) machine, recorded with every number."""
     load = os.getloadavg()
-    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_1_5_15": [round(x, 2) for x in load],
-            "cpus": os.cpu_count(), "python": platform.python_version()}
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_1_5_15": [round(x, 2) for x in load],
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
 def default_policy() -> str:
@@ -62,9 +66,13 @@ def percentiles(values_ms: list[float]) -> dict:
     if not values_ms:
         return {"n": 0}
     a = np.asarray(values_ms)
-    return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 3),
-            "p90_ms": round(float(np.percentile(a, 90)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
-            "mean_ms": round(float(a.mean()), 3)}
+    return {
+        "n": int(a.size),
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p90_ms": round(float(np.percentile(a, 90)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+        "mean_ms": round(float(a.mean()), 3),
+    }
 
 
 def start_ray_and_serve(num_cpus: int = 4) -> int:
@@ -76,8 +84,13 @@ def start_ray_and_serve(num_cpus: int = 4) -> int:
 
     for attempt in range(3):  # a busy shared machine can time the GCS start out
         try:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                     object_store_memory=512 * 1024**2, log_to_driver=False)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                object_store_memory=512 * 1024**2,
+                log_to_driver=False,
+            )
             break
         except Exception as exc:  # noqa: BLE001
             if attempt == 2:
@@ -110,8 +123,9 @@ def deploy(config: dict, port: int, timeout_s: float = 600, name: str = APP_NAME
     raise TimeoutError("router did not become healthy")
 
 
-def deploy_declarative(config: dict, port: int, name: str = APP_NAME, prefix: str = "/",
-                       timeout_s: float = 600) -> float:
+def deploy_declarative(
+    config: dict, port: int, name: str = APP_NAME, prefix: str = "/", timeout_s: float = 600
+) -> float:
     """Deploy the app from a Serve config (what `serve run config.yaml` does), so `barp rollout` can update it
     in place; wait for /healthz; returns the seconds it took."""
     import httpx
@@ -119,10 +133,19 @@ def deploy_declarative(config: dict, port: int, name: str = APP_NAME, prefix: st
     from ray.serve.schema import ServeDeploySchema
 
     start = time.perf_counter()
-    schema = ServeDeploySchema.model_validate({"applications": [{
-        "name": name, "route_prefix": prefix, "import_path": "barp_ray.serving.app:build_app", "args": config,
-        "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
-    }]})
+    schema = ServeDeploySchema.model_validate(
+        {
+            "applications": [
+                {
+                    "name": name,
+                    "route_prefix": prefix,
+                    "import_path": "barp_ray.serving.app:build_app",
+                    "args": config,
+                    "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
+                }
+            ]
+        }
+    )
     _get_global_client().deploy_apps(schema)
     deadline = time.monotonic() + timeout_s
     url = f"http://127.0.0.1:{port}{prefix.rstrip('/')}/healthz"
@@ -158,7 +181,12 @@ def keys_file(out_dir: Path) -> str:
 
 
 async def closed_loop(
-    url: str, bodies: list[dict], clients: int, duration_s: float, warmup_s: float = 2.0, timeout_s: float = 60.0,
+    url: str,
+    bodies: list[dict],
+    clients: int,
+    duration_s: float,
+    warmup_s: float = 2.0,
+    timeout_s: float = 60.0,
 ) -> dict:
     """`clients` concurrent closed-loop clients POSTing `bodies` round-robin for warmup + duration seconds.
 
@@ -201,8 +229,14 @@ async def closed_loop(
 
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout_s) as client:
         await asyncio.gather(*(one_client(i, client) for i in range(clients)))
-    return {"clients": clients, "duration_s": duration_s, "completed": len(latencies), "errors": errors,
-            "throughput_rps": round(len(latencies) / duration_s, 3), **percentiles(latencies)}
+    return {
+        "clients": clients,
+        "duration_s": duration_s,
+        "completed": len(latencies),
+        "errors": errors,
+        "throughput_rps": round(len(latencies) / duration_s, 3),
+        **percentiles(latencies),
+    }
 
 
 def write_results(out_dir: Path, name: str, results: dict, markdown: str) -> tuple[Path, Path]:

@@ -28,6 +28,9 @@ import serve_common as sc
 
 GOAL_P50_RATIO = 1.5
 GOAL_BATCH_SPEEDUP = 3.0
+# issue 11 (fast decisions): /v1/route p50 <= 1.3x the in-process decision; batching >= 2x at 32 clients
+ISSUE11_P50_RATIO = 1.3
+ISSUE11_BATCH_SPEEDUP = 2.0
 MODES = {"batch": "@serve.batch + coalescing", "batch_plain": "@serve.batch only", "no_batch": "no batching"}
 
 
@@ -36,11 +39,19 @@ def mode_config(mode: str, policy: str, out, keys: str, args) -> dict:
 
     cheapest_only = [{"model": read_policy_spec(policy)["models"][0]}]
     return sc.app_config(
-        policy, str(out / f"decisions-{mode}"), keys, upstreams=cheapest_only,
-        batching={"enabled": mode != "no_batch", "coalesce": mode == "batch",
-                  "max_batch_size": args.max_batch_size, "max_forward_size": args.max_forward_size,
-                  "batch_wait_timeout_s": args.batch_wait_ms / 1000.0},
+        policy,
+        str(out / f"decisions-{mode}"),
+        keys,
+        upstreams=cheapest_only,
+        batching={
+            "enabled": mode != "no_batch",
+            "coalesce": mode == "batch",
+            "max_batch_size": args.max_batch_size,
+            "max_forward_size": args.max_forward_size,
+            "batch_wait_timeout_s": args.batch_wait_ms / 1000.0,
+        },
         router={"torch_threads": args.torch_threads},
+        encoding={"decision_cache_bytes": args.decision_cache_bytes, "threads": args.torch_threads},
     )
 
 
@@ -50,12 +61,13 @@ def one_client(port: int, engine, prompts: list[str], n: int, modes: list[str], 
     lat: dict[str, list[float]] = {"in_process": [], "healthz": [], **{m: [] for m in modes}}
     server: dict[str, list[float]] = {m: [] for m in modes}
     paths = ["in_process", "healthz", *modes]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
-                      headers={"Authorization": f"Bearer {sc.API_KEY}"}) as client:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Authorization": f"Bearer {sc.API_KEY}"}
+    ) as client:
         for i in range(n + 4):
             prompt = prompts[i % len(prompts)]
             body = {"prompt": prompt, "preference": {"cost": w_cost}}
-            for path in paths[i % len(paths):] + paths[: i % len(paths)]:
+            for path in paths[i % len(paths) :] + paths[: i % len(paths)]:
                 start = time.perf_counter()
                 if path == "in_process":
                     engine.forward([prompt], [w_cost])
@@ -75,18 +87,21 @@ def one_client(port: int, engine, prompts: list[str], n: int, modes: list[str], 
     return out
 
 
-def concurrent(port: int, prompts: list[str], modes: list[str], clients: list[int], rounds: int,
-               duration_s: float, w_cost: float) -> dict:
+def concurrent(
+    port: int, prompts: list[str], modes: list[str], clients: list[int], rounds: int, duration_s: float, w_cost: float
+) -> dict:
     bodies = [{"prompt": q, "preference": {"cost": w_cost}} for q in prompts]
     runs: dict[str, dict[int, list[dict]]] = {m: {c: [] for c in clients} for m in modes}
     for r in range(rounds):
-        order = modes[r % len(modes):] + modes[: r % len(modes)]
+        order = modes[r % len(modes) :] + modes[: r % len(modes)]
         for c in clients:
             for m in order:
-                res = asyncio.run(sc.closed_loop(f"http://127.0.0.1:{port}/{m}/v1/route", bodies, c, duration_s,
-                                                 warmup_s=5.0))
-                print(f"  round {r} {m} {c} clients: {res['throughput_rps']} req/s p50 {res.get('p50_ms')} ms",
-                      flush=True)
+                res = asyncio.run(
+                    sc.closed_loop(f"http://127.0.0.1:{port}/{m}/v1/route", bodies, c, duration_s, warmup_s=5.0)
+                )
+                print(
+                    f"  round {r} {m} {c} clients: {res['throughput_rps']} req/s p50 {res.get('p50_ms')} ms", flush=True
+                )
                 runs[m][c].append(res)
     out: dict = {}
     for m in modes:
@@ -95,9 +110,12 @@ def concurrent(port: int, prompts: list[str], modes: list[str], clients: list[in
             rs = runs[m][c]
             done = sum(x["completed"] for x in rs)
             out[m][str(c)] = {
-                "throughput_rps": round(done / (duration_s * len(rs)), 3), "completed": done,
-                "errors": sum(x["errors"] for x in rs), "per_round_rps": [x["throughput_rps"] for x in rs],
-                "p50_ms_per_round": [x.get("p50_ms") for x in rs], "p99_ms_per_round": [x.get("p99_ms") for x in rs],
+                "throughput_rps": round(done / (duration_s * len(rs)), 3),
+                "completed": done,
+                "errors": sum(x["errors"] for x in rs),
+                "per_round_rps": [x["throughput_rps"] for x in rs],
+                "p50_ms_per_round": [x.get("p50_ms") for x in rs],
+                "p99_ms_per_round": [x.get("p99_ms") for x in rs],
             }
     return out
 
@@ -117,6 +135,13 @@ def main() -> int:
     p.add_argument("--max-forward-size", type=int, default=64)
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--w-cost", type=float, default=0.5)
+    p.add_argument(
+        "--decision-cache-bytes",
+        type=int,
+        default=0,
+        help="router decision cache (0: off, so every "
+        "request of the cycled prompt set pays the encoder, as the in-process baseline does)",
+    )
     p.add_argument("--out", default="runs/bench/serve_latency")
     args = p.parse_args()
     policy = args.policy or sc.default_policy()
@@ -128,10 +153,16 @@ def main() -> int:
 
     import torch
 
-    from barp_ray.serving.engine import RoutingEngine
+    from barp_ray.serving.engine import EncodingConfig, RoutingEngine
 
     torch.set_num_threads(args.torch_threads)
-    engine = RoutingEngine(policy)
+    engine = RoutingEngine(
+        policy,
+        options=EncodingConfig(
+            device="cpu", threads=args.torch_threads, decision_cache_bytes=args.decision_cache_bytes
+        ),
+    )
+    results["encoder"] = engine.encoder_name
     results["in_process_batch32_prompts_per_s"] = {}
     for kind, ps in prompts.items():
         batch = ps[:32]
@@ -153,8 +184,9 @@ def main() -> int:
         r1 = one_client(port, engine, prompts[kind], args.requests_1, args.modes, args.w_cost)
         print(f"{kind} 1 client: {r1}", flush=True)
         results["one_client"][kind] = r1
-        results["concurrent"][kind] = concurrent(port, prompts[kind], args.modes, args.concurrency, args.rounds,
-                                                 args.duration_s, args.w_cost)
+        results["concurrent"][kind] = concurrent(
+            port, prompts[kind], args.modes, args.concurrency, args.rounds, args.duration_s, args.w_cost
+        )
         results["machine"][kind] = sc.machine()
 
     from ray import serve
@@ -176,6 +208,7 @@ def goals(r: dict, kinds: list[str], conc: list[int], modes: list[str]) -> dict:
         g = {f"p50_ratio_{m}": round(r["one_client"][kind][m]["p50_ms"] / base, 3) for m in modes}
         if "batch" in modes:
             g["p50_goal_met"] = g["p50_ratio_batch"] <= GOAL_P50_RATIO
+            g["issue11_p50_met"] = g["p50_ratio_batch"] <= ISSUE11_P50_RATIO
         if "no_batch" in modes:
             nb = max(r["concurrent"][kind]["no_batch"][top]["throughput_rps"], 1e-9)
             for m in ("batch", "batch_plain"):
@@ -183,45 +216,72 @@ def goals(r: dict, kinds: list[str], conc: list[int], modes: list[str]) -> dict:
                     g[f"speedup_{m}_at_{top}"] = round(r["concurrent"][kind][m][top]["throughput_rps"] / nb, 3)
             if "batch" in modes:
                 g["batch_goal_met"] = g[f"speedup_batch_at_{top}"] >= GOAL_BATCH_SPEEDUP
+                g["issue11_batch_met"] = g[f"speedup_batch_at_{top}"] >= ISSUE11_BATCH_SPEEDUP
         out[kind] = g
     return out
 
 
 def markdown(r: dict, kinds: list[str], conc: list[int], modes: list[str]) -> str:
     a = r["args"]
-    lines = [f"# /v1/route latency and throughput ({r['machine_start']['time']})", "",
-             f"policy `{r['policy']}`; {a['prompts']} prompts per set; torch threads {a['torch_threads']}; "
-             f"max_batch_size {a['max_batch_size']}, batch wait {a['batch_wait_ms']} ms, merged forward <= "
-             f"{a['max_forward_size']} prompts; each router 1 replica, 0.5 CPU; loopback HTTP; w_c = {a['w_cost']}; "
-             f"client-side wall time; {a['rounds']} interleaved rounds of {a['duration_s']} s per cell.",
-             f"Machine: {r['machine_start']['cpus']} CPUs, shared; load average (1/5/15 min) at start "
-             f"{r['machine_start']['loadavg_1_5_15']}, at end {r['machine_end']['loadavg_1_5_15']}.", ""]
+    lines = [
+        f"# /v1/route latency and throughput ({r['machine_start']['time']})",
+        "",
+        f"policy `{r['policy']}`, encoder `{r.get('encoder')}`, decision cache "
+        f"{a.get('decision_cache_bytes', 0)} bytes; {a['prompts']} prompts per set; "
+        f"torch threads {a['torch_threads']}; "
+        f"max_batch_size {a['max_batch_size']}, batch wait {a['batch_wait_ms']} ms, merged forward <= "
+        f"{a['max_forward_size']} prompts; each router 1 replica, 0.5 CPU; loopback HTTP; w_c = {a['w_cost']}; "
+        f"client-side wall time; {a['rounds']} interleaved rounds of {a['duration_s']} s per cell.",
+        f"Machine: {r['machine_start']['cpus']} CPUs, shared; load average (1/5/15 min) at start "
+        f"{r['machine_start']['loadavg_1_5_15']}, at end {r['machine_end']['loadavg_1_5_15']}.",
+        "",
+    ]
     for kind in kinds:
         one = r["one_client"][kind]
-        lines += [f"## {kind} prompts (load at end of this part: {r['machine'][kind]['loadavg_1_5_15']})", "",
-                  "| path | p50 ms (1 client) | p99 ms (1 client) | "
-                  + " | ".join(f"req/s at {c} clients" for c in conc) + " |",
-                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in conc) + " |",
-                  f"| in-process forward | {one['in_process']['p50_ms']} | {one['in_process']['p99_ms']} | "
-                  + " | ".join("-" for _ in conc) + " |",
-                  f"| Serve `GET /healthz` (HTTP round trip, no model work) | {one['healthz']['p50_ms']} | "
-                  f"{one['healthz']['p99_ms']} | " + " | ".join("-" for _ in conc) + " |"]
+        lines += [
+            f"## {kind} prompts (load at end of this part: {r['machine'][kind]['loadavg_1_5_15']})",
+            "",
+            "| path | p50 ms (1 client) | p99 ms (1 client) | "
+            + " | ".join(f"req/s at {c} clients" for c in conc)
+            + " |",
+            "| --- | ---: | ---: | " + " | ".join("---:" for _ in conc) + " |",
+            f"| in-process forward | {one['in_process']['p50_ms']} | {one['in_process']['p99_ms']} | "
+            + " | ".join("-" for _ in conc)
+            + " |",
+            f"| Serve `GET /healthz` (HTTP round trip, no model work) | {one['healthz']['p50_ms']} | "
+            f"{one['healthz']['p99_ms']} | " + " | ".join("-" for _ in conc) + " |",
+        ]
         for m in modes:
             cells = " | ".join(str(r["concurrent"][kind][m][str(c)]["throughput_rps"]) for c in conc)
-            lines.append(f"| Serve, {MODES[m]} (server-side decision p50 {one[m]['server_decision_p50_ms']} ms) | "
-                         f"{one[m]['p50_ms']} | {one[m]['p99_ms']} | {cells} |")
+            lines.append(
+                f"| Serve, {MODES[m]} (server-side decision p50 {one[m]['server_decision_p50_ms']} ms) | "
+                f"{one[m]['p50_ms']} | {one[m]['p99_ms']} | {cells} |"
+            )
         g = r["goals"][kind]
         top = max(conc)
-        lines += ["", f"- in-process, one forward pass of 32 prompts: {r['in_process_batch32_prompts_per_s'][kind]} "
-                  "prompts/s (the ceiling batching can reach on one thread)"]
+        lines += [
+            "",
+            f"- in-process, one forward pass of 32 prompts: {r['in_process_batch32_prompts_per_s'][kind]} "
+            "prompts/s (the ceiling batching can reach on one thread)",
+        ]
+        g11 = r["goals"][kind]
+        lines.append(
+            f"- issue 11 goals: /v1/route p50 <= {ISSUE11_P50_RATIO}x in-process: "
+            f"{'met' if g11.get('issue11_p50_met') else 'NOT met'}; batching >= {ISSUE11_BATCH_SPEEDUP}x "
+            f"at {top} clients: {'met' if g11.get('issue11_batch_met') else 'NOT met'}"
+        )
         if "p50_goal_met" in g:
-            lines.append("- 1-client p50 / in-process p50: " + ", ".join(
-                f"{MODES[m]} {g[f'p50_ratio_{m}']}" for m in modes)
-                + f" (goal <= {GOAL_P50_RATIO} with batching: {'met' if g['p50_goal_met'] else 'NOT met'})")
+            lines.append(
+                "- 1-client p50 / in-process p50: "
+                + ", ".join(f"{MODES[m]} {g[f'p50_ratio_{m}']}" for m in modes)
+                + f" (goal <= {GOAL_P50_RATIO} with batching: {'met' if g['p50_goal_met'] else 'NOT met'})"
+            )
         if "batch_goal_met" in g:
-            lines.append(f"- throughput at {top} clients vs no batching: " + ", ".join(
-                f"{MODES[m]} {g[f'speedup_{m}_at_{top}']}x" for m in ("batch", "batch_plain") if m in modes)
-                + f" (goal >= {GOAL_BATCH_SPEEDUP}x: {'met' if g['batch_goal_met'] else 'NOT met'})")
+            lines.append(
+                f"- throughput at {top} clients vs no batching: "
+                + ", ".join(f"{MODES[m]} {g[f'speedup_{m}_at_{top}']}x" for m in ("batch", "batch_plain") if m in modes)
+                + f" (goal >= {GOAL_BATCH_SPEEDUP}x: {'met' if g['batch_goal_met'] else 'NOT met'})"
+            )
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -77,12 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         args.data = demo if embedded else REPO / "runs" / "bench" / "data"
     data = args.data.resolve()
     cfg = SweepConfig.from_yaml(
-        args.config, data=str(data), out_dir=out, storage_path=str(out / "ray"), overwrite=True,
+        args.config,
+        data=str(data),
+        out_dir=out,
+        storage_path=str(out / "ray"),
+        overwrite=True,
         num_samples=args.num_samples,
     )
     print(cfg.describe(), flush=True)
-    record: dict = {"config": str(args.config), "num_samples": cfg.num_samples,
-                    "max_concurrent_trials": cfg.max_concurrent_trials, "load_before": load_average()}
+    record: dict = {
+        "config": str(args.config),
+        "num_samples": cfg.num_samples,
+        "max_concurrent_trials": cfg.max_concurrent_trials,
+        "load_before": load_average(),
+    }
     connect_ray(cfg)
     record["data"] = {"dir": str(data), **ensure_data(data)}
 
@@ -93,13 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     base = cfg.base_config()
     trials = sweep.trials
     record["trials"] = {
-        "ran": len(trials), "max_epochs": base.epochs, "steps_per_epoch": base.steps_per_epoch,
+        "ran": len(trials),
+        "max_epochs": base.epochs,
+        "steps_per_epoch": base.steps_per_epoch,
         "stopped_early_by_asha": int((trials["epochs"] < base.epochs).sum()),
         "epochs_per_trial": [int(e) for e in trials["epochs"]],
         "errors": int((trials["status"] != "OK").sum()),
     }
     record["best"] = {
-        "trial": sweep.best_trial, "val_aiq": round(sweep.best_value, 4), "params": sweep.best_params,
+        "trial": sweep.best_trial,
+        "val_aiq": round(sweep.best_value, 4),
+        "params": sweep.best_params,
     }
 
     default_rows = trials[trials["is_default"]]
@@ -117,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         default_val = float(outcome.best_metrics["val_aiq"])
         record["default"] = {
-            "source": "retrained with the full budget", "train_s": round(time.perf_counter() - t, 1),
-            "sweep_trial_val_aiq": None if not len(default_rows)
-            else round(float(default_rows.iloc[0]["val_aiq"]), 4),
+            "source": "retrained with the full budget",
+            "train_s": round(time.perf_counter() - t, 1),
+            "sweep_trial_val_aiq": None if not len(default_rows) else round(float(default_rows.iloc[0]["val_aiq"]), 4),
         }
     record["default"]["val_aiq"] = round(default_val, 4)
 

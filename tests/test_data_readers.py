@@ -119,7 +119,9 @@ def test_routerbench_pickle_with_split_column(tmp_path):
     frame["prompt"] = [[f"pickled {i}", "second line"] for i in range(4)]  # real lists in the pickle
     frame["split"] = ["train", "train", "test", "Validation"]
     frame.to_pickle(tmp_path / "routerbench_0shot.pkl")
-    raw = load_raw(tmp_path / "routerbench_0shot.pkl")
+    with pytest.raises(ValueError, match=r"routerbench_0shot\.pkl: a pickle file.*--allow-pickle"):
+        load_raw(tmp_path / "routerbench_0shot.pkl")  # unpickling runs code: only on request
+    raw = load_raw(tmp_path / "routerbench_0shot.pkl", allow_pickle=True)
     assert raw.prompts[0] == "pickled 0\nsecond line"
     assert raw.split.tolist() == ["train", "train", "test", "val"]
     assert raw.models == MODELS
@@ -129,11 +131,11 @@ def test_pickle_without_split_needs_test_fraction(tmp_path):
     path = tmp_path / "routerbench_0shot.pkl"
     pd.concat([routerbench_frame("mbpp", 10), routerbench_frame("arc", 10)]).to_pickle(path)
     with pytest.raises(ValueError, match=r"routerbench_0shot\.pkl.*no split.*test_fraction"):
-        load_raw(path)
-    raw = load_raw(path, test_fraction=0.3, seed=0)
+        load_raw(path, allow_pickle=True)
+    raw = load_raw(path, test_fraction=0.3, seed=0, allow_pickle=True)
     for task in ("mbpp", "arc"):
         assert ((raw.tasks == task) & (raw.split == "test")).sum() == 3
-    again = load_raw(path, test_fraction=0.3, seed=0)
+    again = load_raw(path, test_fraction=0.3, seed=0, allow_pickle=True)
     assert raw.split.tolist() == again.split.tolist()
 
 
@@ -267,7 +269,7 @@ def test_unreadable_file(tmp_path):
 def test_pickle_that_is_not_a_dataframe(tmp_path):
     pd.to_pickle({"not": "a frame"}, tmp_path / "x_train.pkl")
     with pytest.raises(ValueError, match=r"x_train\.pkl: expected a pandas DataFrame, the file holds a dict"):
-        load_raw(tmp_path)
+        load_raw(tmp_path, allow_pickle=True)
 
 
 def test_empty_directory(tmp_path):

@@ -24,9 +24,7 @@ from barp_ray.data.table import META_MODELS, RoutingTable
 MODELS = ["small", "medium", "large"]
 
 
-def make_table(
-    tasks: dict[str, tuple[int, int]], seed: int = 0, embed_dim: int | None = None
-) -> RoutingTable:
+def make_table(tasks: dict[str, tuple[int, int]], seed: int = 0, embed_dim: int | None = None) -> RoutingTable:
     """A synthetic train/test table: tasks -> (n_train, n_test)."""
     rng = np.random.default_rng(seed)
     ids, prompts, task_col, split = [], [], [], []
@@ -210,9 +208,7 @@ def test_prepare_writes_validated_split_shards(tmp_path):
     write_generic(tmp_path / "raw", 40, 10)
     prices_file = tmp_path / "prices.yaml"
     prices_file.write_text("small: [0.1, 0.2]\n")
-    config = PrepareConfig(
-        data_dir=tmp_path / "raw", out_dir=tmp_path / "out", num_shards=2, prices_file=prices_file
-    )
+    config = PrepareConfig(data_dir=tmp_path / "raw", out_dir=tmp_path / "out", num_shards=2, prices_file=prices_file)
     result = prepare_from_config(config)
     assert result.counts_per_split == {"train": 34, "val": 6, "test": 10}
     manifest = read_manifest(tmp_path / "out")
@@ -225,7 +221,7 @@ def test_prepare_writes_validated_split_shards(tmp_path):
 
 def test_prepare_config_defaults_and_yaml(tmp_path):
     config = PrepareConfig()
-    assert config.data_dir == default_data_dir()
+    assert config.data_dir == default_data_dir().resolve()
     assert (config.val_fraction, config.seed, config.num_shards, config.prices_file) == (0.15, 0, 4, None)
     path = tmp_path / "prepare.yaml"
     PrepareConfig(out_dir=tmp_path / "o", seed=7).to_yaml(path)
@@ -235,11 +231,8 @@ def test_prepare_config_defaults_and_yaml(tmp_path):
         PrepareConfig(val_fraction=1.5)
 
 
-def test_prepare_real_routerbench(tmp_path):
-    data_dir = default_data_dir()
-    if not data_dir.is_dir() or not any(data_dir.glob("*_test.csv")):
-        pytest.skip(f"RouterBench data not found at {data_dir} (set BARP_DATA_DIR to the routerbench folder)")
-    result = prepare(data_dir, tmp_path / "prepared", val_fraction=0.15, seed=0, num_shards=4)
+def test_prepare_real_routerbench(routerbench_dir, tmp_path):
+    result = prepare(routerbench_dir, tmp_path / "prepared", val_fraction=0.15, seed=0, num_shards=4)
     assert result.counts_per_split == {"train": 1874, "val": 331, "test": 943}
     manifest = read_manifest(tmp_path / "prepared")
     assert manifest["validation"]["dropped"]["missing_score"] == 28

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from barp_ray.config import default_data_dir
 from barp_ray.data.readers import load_raw
 from barp_ray.data.table import RoutingTable
 from barp_ray.data.validation import DROP_REASONS, ValidationReport, validate
@@ -128,7 +127,7 @@ def test_leakage_by_prompt_text_drops_from_test(tmp_path):
     test = rows(4, "test", start=10)
     test.loc[1, "prompt"] = "prompt 0"  # same text as a train prompt, different id
     test.loc[3, "prompt"] = "prompt 2"
-    table, report = run(tmp_path, rows(3), test)
+    _table, report = run(tmp_path, rows(3), test)
     assert only_drops(report) == {"leaked_prompt_text": 2}
     assert report.kept_per_split == {"train": 3, "test": 2}
 
@@ -224,11 +223,8 @@ def test_output_keeps_responses(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_validated() -> tuple[RoutingTable, ValidationReport]:
-    data_dir = default_data_dir()
-    if not data_dir.is_dir() or not any(data_dir.glob("*_test.csv")):
-        pytest.skip(f"RouterBench data not found at {data_dir} (set BARP_DATA_DIR to the routerbench folder)")
-    return validate(load_raw(data_dir))
+def real_validated(routerbench_dir) -> tuple[RoutingTable, ValidationReport]:
+    return validate(load_raw(routerbench_dir))
 
 
 def test_real_drop_counts(real_validated):

@@ -125,7 +125,7 @@ def test_registry() -> None:
     with pytest.raises(ValueError):
 
         @register("knn")
-        class Other(Router):  # noqa: F841
+        class Other(Router):
             def fit(self, train, tau):  # pragma: no cover
                 pass
 
@@ -150,10 +150,10 @@ def test_oracle_beats_every_single_model(split_tables) -> None:
 def test_learned_routers_find_cluster_best_model(split_tables, router) -> None:
     train, test, cluster, tau = split_tables
     router.fit(train, tau)
-    acc = float(np.mean(router.route(test, 0.0) == cluster))
+    acc = float(np.mean(router.route_table(test, 0.0) == cluster))
     assert acc > 0.85  # chance is 1/3
     # heavy cost weight: mostly the cheap model
-    assert np.mean(router.route(test, 1.0) == 0) > 0.9
+    assert np.mean(router.route_table(test, 1.0) == 0) > 0.9
 
 
 def test_offline_mlp_is_seeded_and_reports_cost_model(split_tables) -> None:
@@ -161,7 +161,7 @@ def test_offline_mlp_is_seeded_and_reports_cost_model(split_tables) -> None:
     a, b = OfflineMLPRouter(seed=3, max_epochs=20), OfflineMLPRouter(seed=3, max_epochs=20)
     a.fit(train, tau)
     b.fit(train, tau)
-    assert np.array_equal(a.route(test, 0.4), b.route(test, 0.4))
+    assert np.array_equal(a.route_table(test, 0.4), b.route_table(test, 0.4))
     assert a.cost_model_ in ("mean", "head")
     assert {"val_reward_mean", "val_reward_head", "cost_model"} <= set(a.val_report_)
 
@@ -170,10 +170,10 @@ def test_random_and_single(split_tables) -> None:
     train, test, _, tau = split_tables
     r = RandomRouter(seed=1)
     r.fit(train, tau)
-    assert np.array_equal(r.route(test, 0.0), r.route(test, 1.0))
+    assert np.array_equal(r.route_table(test, 0.0), r.route_table(test, 1.0))
     s = SingleModelRouter("mid/medium")
     s.fit(train, tau)
-    assert set(s.route(test, 0.3).tolist()) == {1}
+    assert set(s.route_table(test, 0.3).tolist()) == {1}
     with pytest.raises(ValueError):
         SingleModelRouter("nope").fit(train, tau)
 

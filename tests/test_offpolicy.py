@@ -3,7 +3,6 @@ learned from uniformly random logs (in-process and on Ray Train from a real parq
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timezone
 
 import numpy as np
@@ -21,6 +20,7 @@ from barp_ray.offpolicy.estimators import (
 )
 from barp_ray.offpolicy.logged import LoggedBandit, read_logged_bandit
 from barp_ray.serving.decision_log import DecisionLog
+from barp_ray.serving.log_store import new_decision_id
 
 # ---- estimators against hand-computed values ----------------------------------------------------------
 ACTIONS = np.array([0, 1, 0, 1])
@@ -54,8 +54,9 @@ def test_estimate_all_intervals_cover_the_truth_about_95_percent_of_the_time():
         actions = rng.integers(0, 2, n)
         y = np.where(actions == 0, rng.random(n) < 0.8, rng.random(n) < 0.3).astype(float)
         target = np.tile([1.0, 0.0], (n, 1))
-        est = estimate_all(y, target, actions, np.full(n, 0.5), y_hat=np.tile([0.8, 0.3], (n, 1)), bootstrap=200,
-                           seed=seed)
+        est = estimate_all(
+            y, target, actions, np.full(n, 0.5), y_hat=np.tile([0.8, 0.3], (n, 1)), bootstrap=200, seed=seed
+        )
         assert set(est) == {"ips", "snips", "dr"}
         for name, e in est.items():
             assert e.low <= e.value <= e.high and e.n == n
@@ -80,11 +81,26 @@ def _decision(prompt: str, model: str, propensity, w: float, **extra) -> dict:
     from barp_ray.data.table import prompt_hash
 
     return {
-        "decision_id": uuid.uuid4().hex, "decided_at": datetime.now(timezone.utc), "endpoint": "chat",
-        "prompt_id": None, "prompt_hash": prompt_hash(prompt), "prompt": prompt, "prompt_chars": len(prompt),
-        "w_cost": w, "policy_version": "v-test", "chosen_model": model, "chosen_index": MODELS.index(model),
-        "probability": 0.5, "propensity": propensity, "exploration": "sample", "explored": False,
-        "served_model": model, "status": "ok", "fallback_count": 0, "cost_usd": COST[model], **extra,
+        "decision_id": new_decision_id(),
+        "decided_at": datetime.now(timezone.utc),
+        "endpoint": "chat",
+        "prompt_id": None,
+        "prompt_hash": prompt_hash(prompt),
+        "prompt": prompt,
+        "prompt_chars": len(prompt),
+        "w_cost": w,
+        "policy_version": "v-test",
+        "chosen_model": model,
+        "chosen_index": MODELS.index(model),
+        "probability": 0.5,
+        "propensity": propensity,
+        "exploration": "sample",
+        "explored": False,
+        "served_model": model,
+        "status": "ok",
+        "fallback_count": 0,
+        "cost_usd": COST[model],
+        **extra,
     }
 
 
@@ -97,8 +113,9 @@ def _write_log(root, rows: list[dict], scores: dict[str, float]) -> None:
         log.append(row)
     log.flush()
     now = datetime.now(timezone.utc)
-    log.write_feedback([{"decision_id": d, "score": s, "comment": None, "recorded_at": now, "replica": "t"}
-                        for d, s in scores.items()])
+    log.write_feedback(
+        [{"decision_id": d, "score": s, "comment": None, "recorded_at": now, "replica": "t"} for d, s in scores.items()]
+    )
 
 
 def _toy_rows(n_prompts: int = 40, seed: int = 0) -> tuple[list[dict], dict[str, float]]:
@@ -116,31 +133,44 @@ def _toy_rows(n_prompts: int = 40, seed: int = 0) -> tuple[list[dict], dict[str,
 
 
 def test_missing_or_zero_propensities_are_rejected(tmp_path):
-    rows = [_decision("a prompt", "good", 0.5, 0.2), _decision("b prompt", "cheap", 0.0, 0.4),
-            _decision("c prompt", "cheap", None, 0.4)]
+    rows = [
+        _decision("a prompt", "good", 0.5, 0.2),
+        _decision("b prompt", "cheap", 0.0, 0.4),
+        _decision("c prompt", "cheap", None, 0.4),
+    ]
     _write_log(tmp_path / "log", rows, {r["decision_id"]: 1.0 for r in rows})
     with pytest.raises(ValueError, match=r"propensity: 2 of 3 logged rows have a missing \(1\), zero") as err:
         read_logged_bandit(tmp_path / "log")
     assert rows[1]["decision_id"] in str(err.value)
     with pytest.raises(ValueError, match="propensity"):
-        LoggedBandit(models=MODELS, embeddings=np.zeros((1, 2)), w_cost=np.zeros(1), actions=np.zeros(1, int),
-                     propensities=np.array([1.5]), scores=np.ones(1), costs=np.ones(1),
-                     prompt_hashes=np.array(["h"], dtype=object), policy_versions=np.array(["v"], dtype=object))
+        LoggedBandit(
+            models=MODELS,
+            embeddings=np.zeros((1, 2)),
+            w_cost=np.zeros(1),
+            actions=np.zeros(1, int),
+            propensities=np.array([1.5]),
+            scores=np.ones(1),
+            costs=np.ones(1),
+            prompt_hashes=np.array(["h"], dtype=object),
+            policy_versions=np.array(["v"], dtype=object),
+        )
 
 
 def test_unusable_rows_are_counted_not_lost(tmp_path):
     ok = _decision("first prompt", "good", 0.5, 0.1)
     no_feedback = _decision("second prompt", "cheap", 0.5, 0.9)
     fallback = _decision("third prompt", "good", 0.5, 0.3, served_model="cheap", status="fallback")
-    route_only = _decision("fourth prompt", "good", 0.5, 0.3, served_model=None, status="route_only",
-                           cost_usd=None)
+    route_only = _decision("fourth prompt", "good", 0.5, 0.3, served_model=None, status="route_only", cost_usd=None)
     rows = [ok, no_feedback, fallback, route_only]
     _write_log(tmp_path / "log", rows, {r["decision_id"]: 1.0 for r in rows if r is not no_feedback})
 
     skipped = read_logged_bandit(tmp_path / "log")
     assert len(skipped) == 1 and skipped.report.decisions == 4
-    assert skipped.report.dropped == {"no feedback": 1, "route_only (no answer served)": 1,
-                                      "answered by a fallback model (its propensity is not logged)": 1}
+    assert skipped.report.dropped == {
+        "no feedback": 1,
+        "route_only (no answer served)": 1,
+        "answered by a fallback model (its propensity is not logged)": 1,
+    }
     assert skipped.models == MODELS and skipped.tau == TAU
     assert skipped.embeddings.shape == (1, 384)  # real MiniLM on the logged prompt text
 
@@ -157,10 +187,18 @@ def _toy_bandit(n: int = 600, seed: int = 0) -> LoggedBandit:
     actions = rng.integers(0, 2, n)
     scores = np.where(actions == 0, rng.random(n) < 0.9, rng.random(n) < 0.5).astype(float)
     costs = np.where(actions == 0, COST["good"], COST["cheap"])
-    return LoggedBandit(models=MODELS, embeddings=rng.normal(size=(n, 8)).astype(np.float32), w_cost=rng.random(n),
-                        actions=actions, propensities=np.full(n, 0.5), scores=scores, costs=costs,
-                        prompt_hashes=np.array([f"h{i}" for i in range(n)], dtype=object),
-                        policy_versions=np.array(["v"] * n, dtype=object), tau=TAU)
+    return LoggedBandit(
+        models=MODELS,
+        embeddings=rng.normal(size=(n, 8)).astype(np.float32),
+        w_cost=rng.random(n),
+        actions=actions,
+        propensities=np.full(n, 0.5),
+        scores=scores,
+        costs=costs,
+        prompt_hashes=np.array([f"h{i}" for i in range(n)], dtype=object),
+        policy_versions=np.array(["v"] * n, dtype=object),
+        tau=TAU,
+    )
 
 
 @pytest.mark.parametrize("weighting", ["snips", "clipped_ips", "dr"])
@@ -172,8 +210,9 @@ def test_learns_the_better_model_from_uniform_logs(weighting):
     from barp_ray.training.loop import policy_spec
 
     torch.manual_seed(0)
-    cfg = OffPolicyTrainConfig(source=LogSource(logs="unused"), weighting=weighting, epochs=1, steps_per_epoch=1200,
-                               hidden_dim=32, pref_dim=8)
+    cfg = OffPolicyTrainConfig(
+        source=LogSource(logs="unused"), weighting=weighting, epochs=1, steps_per_epoch=1200, hidden_dim=32, pref_dim=8
+    )
     data = _toy_bandit()
     if weighting == "dr":
         from barp_ray.offpolicy.reward_model import cross_fitted_predictions
@@ -199,16 +238,28 @@ def test_train_offpolicy_on_ray_train_and_ope(ray_cluster, tmp_path):
 
     rows, scores = _toy_rows(n_prompts=40)
     _write_log(tmp_path / "log", rows, scores)
-    cfg = OffPolicyTrainConfig(source=LogSource(logs=str(tmp_path / "log")), storage_path=str(tmp_path / "runs"),
-                               epochs=3, steps_per_epoch=300, batch_size=128, hidden_dim=64, val_fraction=0.2)
+    cfg = OffPolicyTrainConfig(
+        source=LogSource(logs=str(tmp_path / "log")),
+        storage_path=str(tmp_path / "runs"),
+        epochs=3,
+        steps_per_epoch=300,
+        batch_size=128,
+        hidden_dim=64,
+        val_fraction=0.2,
+    )
     outcome, context = train_offpolicy(cfg)
     assert context["train_rows"] + context["val_rows"] == len(rows)
     assert context["report"]["dropped"] == {}
     assert {"val_ope_reward", "weight_mean", "epoch"} <= set(outcome.best_metrics)
     assert len(outcome.history) == 3 and outcome.policy_dir.exists()
 
-    ope_cfg = OPEConfig(source=LogSource(logs=str(tmp_path / "log")), candidate=str(outcome.policy_dir),
-                        w_grid=[0.0, 1.0], bootstrap=200, out_dir=str(tmp_path / "ope"))
+    ope_cfg = OPEConfig(
+        source=LogSource(logs=str(tmp_path / "log")),
+        candidate=str(outcome.policy_dir),
+        w_grid=[0.0, 1.0],
+        bootstrap=200,
+        out_dir=str(tmp_path / "ope"),
+    )
     result = run_ope(ope_cfg)
     at0, at1 = result["grid"]["candidate"]["0"], result["grid"]["candidate"]["1"]
     # quality-first routing picks `good` (true mean score 0.9); cost-first picks `cheap` (cost $0.0001)
@@ -222,8 +273,27 @@ def test_train_offpolicy_on_ray_train_and_ope(ray_cluster, tmp_path):
     from barp_ray.cli import main
 
     out = tmp_path / "ope-cli"
-    assert main(["ope", "--logs", str(tmp_path / "log"), "--candidate", str(outcome.policy_dir), "--baseline",
-                 str(outcome.policy_dir), "--w-grid", "0", "1", "--bootstrap", "100", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "ope",
+                "--logs",
+                str(tmp_path / "log"),
+                "--candidate",
+                str(outcome.policy_dir),
+                "--baseline",
+                str(outcome.policy_dir),
+                "--w-grid",
+                "0",
+                "1",
+                "--bootstrap",
+                "100",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     import json
 
     cli = json.loads((out / "ope.json").read_text())
@@ -243,10 +313,19 @@ def test_logged_rows_round_trip_through_arrow_with_predictions():
     data = _toy_bandit(n=50)
     data.predicted_scores, data.predicted_costs = cross_fitted_predictions(data)
     table = data.to_arrow()
-    back = LoggedBandit.from_columns({c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names},
-                                     MODELS, TAU)
-    for name in ("embeddings", "w_cost", "actions", "propensities", "scores", "costs", "predicted_scores",
-                 "predicted_costs"):
+    back = LoggedBandit.from_columns(
+        {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}, MODELS, TAU
+    )
+    for name in (
+        "embeddings",
+        "w_cost",
+        "actions",
+        "propensities",
+        "scores",
+        "costs",
+        "predicted_scores",
+        "predicted_costs",
+    ):
         np.testing.assert_allclose(getattr(back, name), getattr(data, name), rtol=1e-6, err_msg=name)
     held_rest, held_out = data.split_by_prompt(0.2)
     assert len(held_rest) + len(held_out) == 50 and len(held_out) == 10

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from barp_ray.objective import derive_tau, normalized_cost, reward
 from barp_ray.policy import BarpPolicy, PolicySpec, load_policy, preference_tensor, save_policy
 from barp_ray.training.config import TrainConfig
 from barp_ray.training.loop import PolicyData, ReinforceLearner, advantages, greedy_curve
-from barp_ray.training.reward import derive_tau, normalized_cost, reward
 
 MODELS = ["big", "small", "mid"]
 
@@ -44,7 +44,7 @@ def test_checkpoint_round_trip_is_self_describing(tmp_path):
     x, w = torch.randn(4, 16), preference_tensor(0.5, 4)
     policy.eval()
     assert torch.allclose(policy(x, w), loaded(x, w))
-    with pytest.raises(FileNotFoundError, match="policy.json"):
+    with pytest.raises(FileNotFoundError, match=r"policy\.json"):
         load_policy(tmp_path)
 
 
@@ -94,3 +94,82 @@ def test_reinforce_learns_better_model_at_wc0_and_cheaper_at_wc1():
     assert (pick_wc1 == 1).float().mean() > 0.95, "cost-only preference must pick the cheaper model"
     after = greedy_curve(policy, data, np.array([0.0, 1.0]))
     assert after["reward"][0] >= before["reward"][0] and after["reward"][1] >= before["reward"][1]
+
+
+def _toy_tables(n: int = 300, d: int = 16, seed: int = 0):
+    """Two models as in the REINFORCE toy above, as (train, val) RoutingTables."""
+    from barp_ray.data.table import RoutingTable
+
+    rng = np.random.default_rng(seed)
+
+    def table(m: int, tag: str) -> RoutingTable:
+        scores = np.stack([np.ones(m), (rng.random(m) < 0.5).astype(float)], axis=1)
+        costs = np.stack([np.full(m, 0.01), np.zeros(m)], axis=1)
+        return RoutingTable(
+            prompt_ids=[f"{tag}{i}" for i in range(m)],
+            prompts=[f"{tag} {i}" for i in range(m)],
+            tasks=np.full(m, "t", dtype=object),
+            models=["big", "small"],
+            scores=scores,
+            costs=costs,
+            embeddings=rng.normal(size=(m, d)).astype(np.float32),
+        )
+
+    return table(n, "tr"), table(n // 3, "va")
+
+
+def test_pass_schedule_scales_with_the_training_set():
+    cfg = TrainConfig(passes=10, epochs=4, batch_size=100, samples_per_prompt=2)
+    assert cfg.for_data(2000).steps_per_epoch == 25  # 10 * 2000 interactions / (100 * 2) / 4 epochs
+    assert cfg.for_data(200).steps_per_epoch == 3  # ceil(2.5)
+    assert TrainConfig(passes=None, steps_per_epoch=7).for_data(10_000).steps_per_epoch == 7
+    with pytest.raises(ValueError, match="empty"):
+        cfg.for_data(0)
+
+
+def test_in_process_training_is_deterministic_and_learns_the_switch():
+    from barp_ray.training.bare import train_in_process
+
+    train, val = _toy_tables()
+    cfg = TrainConfig(passes=200, epochs=5, batch_size=64, lr=3e-3, hidden_dim=32, pref_dim=8, seed=3)
+    a = train_in_process(cfg, train, val, tau=0.01)
+    b = train_in_process(cfg, train.take(np.arange(len(train))[::-1]), val, tau=0.01)  # row order must not matter
+    assert [h["val_reward"] for h in a.history] == [h["val_reward"] for h in b.history]
+    for (ka, va), (kb, vb) in zip(a.policy.state_dict().items(), b.policy.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    x = torch.as_tensor(val.embeddings)
+    assert (a.policy.act(x, preference_tensor(0.0, len(x))) == 0).float().mean() > 0.9
+    assert (a.policy.act(x, preference_tensor(1.0, len(x))) == 1).float().mean() > 0.9
+    assert a.history[-1]["passes"] == pytest.approx(a.history[-1]["interactions"] / len(train))
+
+
+def test_early_stopping_keeps_the_best_validation_epoch():
+    from barp_ray.training.bare import train_in_process
+
+    train, val = _toy_tables()
+    cfg = TrainConfig(
+        passes=400, epochs=20, patience=2, batch_size=64, lr=3e-3, hidden_dim=32, pref_dim=8, select_metric="val_reward"
+    )
+    out = train_in_process(cfg, train, val, tau=0.01)
+    rewards = [h["val_reward"] for h in out.history]
+    assert out.best["val_reward"] == max(rewards)
+    if len(out.history) < cfg.epochs:  # stopped early: the last `patience` epochs were no better
+        assert all(r <= out.best["val_reward"] for r in rewards[-cfg.patience :])
+        assert out.best["epoch"] == len(out.history) - 1 - cfg.patience
+
+
+def test_rescalarised_preferences_keep_the_toy_solution():
+    train, _ = _toy_tables()
+    from barp_ray.training.loop import PolicyData as PD
+
+    data = PD.from_table(train)
+    torch.manual_seed(0)
+    spec = PolicySpec(models=["big", "small"], tau=0.01, encoder="toy", embed_dim=16, pref_dim=8, hidden_dim=32)
+    policy = BarpPolicy(spec)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=300, batch_size=128, lr=3e-3, w_samples=4)
+    learner = ReinforceLearner(policy, cfg, tau=0.01, batch_size=128, seed=0)
+    for _ in range(cfg.total_steps):
+        learner.step(data)
+    x = data.embeddings
+    assert (policy.act(x, preference_tensor(0.0, len(x))) == 0).float().mean() > 0.95
+    assert (policy.act(x, preference_tensor(1.0, len(x))) == 1).float().mean() > 0.95

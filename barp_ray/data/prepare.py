@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from barp_ray.config import JobConfig, default_data_dir
+from barp_ray.config import JobConfig, LocalPath, default_data_dir
 from barp_ray.data.readers import Prices, load_prices, load_raw
 from barp_ray.data.shards import write_shards
 from barp_ray.data.splits import assign_validation_split
@@ -22,13 +22,25 @@ from barp_ray.data.validation import ValidationReport, validate
 class PrepareConfig(JobConfig):
     """Config of ``barp prepare``."""
 
-    data_dir: Path = Field(default_factory=default_data_dir)  # raw files: a directory or one file
-    out_dir: Path = Path("runs/prepared")  # where the shards and manifest.json go
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)  # share of each task's train rows carved into val
-    seed: int = 0
-    num_shards: int = Field(4, ge=1)
-    prices_file: Path | None = None  # YAML/JSON {model: [usd_per_1k_input, usd_per_1k_output]}
-    test_fraction: float | None = Field(None, gt=0.0, lt=1.0)  # only for data without any split
+    data_dir: LocalPath = Field(
+        default_factory=default_data_dir,
+        description="raw logs: a directory of *_train / *_test files or one file ($BARP_DATA_DIR)",
+    )
+    out_dir: LocalPath = Field(default=Path("runs/prepared"), description="where the shards and manifest.json go")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="share of each task's train rows carved into val")
+    seed: int = Field(default=0, description="seed of the validation carve (and test carve)")
+    num_shards: int = Field(4, ge=1, description="parquet files per split")
+    prices_file: LocalPath | None = Field(
+        default=None,
+        description="YAML/JSON {model: [usd_per_1k_input, usd_per_1k_output]}, for data with token "
+        "counts instead of costs",
+    )
+    test_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0, description="share of rows carved into test, only for data without any split"
+    )
+    allow_pickle: bool = Field(
+        default=False, description="read .pkl inputs (unpickling runs code from the file: only for trusted data)"
+    )
 
 
 @dataclass
@@ -56,9 +68,10 @@ def prepare(
     num_shards: int = 4,
     prices: Prices | None = None,
     test_fraction: float | None = None,
+    allow_pickle: bool = False,
 ) -> PrepareResult:
     """Load raw files, validate, carve val out of train and write parquet shards + manifest to ``out_dir``."""
-    raw = load_raw(data_dir, prices=prices, test_fraction=test_fraction, seed=seed)
+    raw = load_raw(data_dir, prices=prices, test_fraction=test_fraction, seed=seed, allow_pickle=allow_pickle)
     table, report = validate(raw)
     table = assign_validation_split(table, fraction=val_fraction, seed=seed)
     source = {
@@ -84,4 +97,5 @@ def prepare_from_config(config: PrepareConfig) -> PrepareResult:
         num_shards=config.num_shards,
         prices=prices,
         test_fraction=config.test_fraction,
+        allow_pickle=config.allow_pickle,
     )

@@ -183,8 +183,7 @@ def load_prices(path: str | os.PathLike) -> dict[str, tuple[float, float]]:
         raise ValueError(f"{path}: cannot read the prices file ({exc})") from exc
     if not isinstance(data, dict):
         raise ValueError(
-            f"{path}: expected a mapping model -> [usd_per_1k_input, usd_per_1k_output], "
-            f"got {type(data).__name__}"
+            f"{path}: expected a mapping model -> [usd_per_1k_input, usd_per_1k_output], got {type(data).__name__}"
         )
     prices: dict[str, tuple[float, float]] = {}
     for model, value in data.items():
@@ -206,10 +205,26 @@ def load_prices(path: str | os.PathLike) -> dict[str, tuple[float, float]]:
 # ---- file reading ------------------------------------------------------------------------------------
 
 
-def read_frame(path: str | os.PathLike) -> pd.DataFrame:
-    """One data file (.csv, .parquet, .pkl) as a pandas DataFrame; a clear ValueError if it cannot be read."""
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+
+
+def check_pickle_allowed(path: str | os.PathLike, allow_pickle: bool) -> None:
+    """Refuse to unpickle `path` unless the caller opted in: unpickling runs code from the file."""
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise ValueError(
+            f"{path}: a pickle file; reading it runs code stored in it, so it is read only on request: pass "
+            "--allow-pickle (allow_pickle: true) if you trust the file, or convert it to parquet"
+        )
+
+
+def read_frame(path: str | os.PathLike, allow_pickle: bool = False) -> pd.DataFrame:
+    """One data file (.csv, .parquet, .pkl) as a pandas DataFrame; a clear ValueError if it cannot be read.
+
+    Pickle files are read only with ``allow_pickle=True`` (see `check_pickle_allowed`).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
+    check_pickle_allowed(path, allow_pickle)
     try:
         if suffix == ".csv":
             frame = pd.read_csv(path)
@@ -218,9 +233,7 @@ def read_frame(path: str | os.PathLike) -> pd.DataFrame:
         elif suffix in (".pkl", ".pickle"):
             frame = pd.read_pickle(path)
         else:
-            raise ValueError(
-                f"{path}: unsupported file type {suffix!r}; use one of {', '.join(DATA_SUFFIXES)}"
-            )
+            raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(DATA_SUFFIXES)}")
     except Exception as exc:  # parser, pickle and IO errors all mean "unreadable"
         if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
             raise
@@ -280,9 +293,9 @@ def _parse_routerbench(
     prompts_raw = [_join_text(v) for v in frame[prompt_col].tolist()]
     parsed: dict[str, np.ndarray | list] = {
         "prompts_raw": prompts_raw,
-        "ids": frame["sample_id"] if "sample_id" in columns else (
-            frame["prompt_id"] if "prompt_id" in columns else None
-        ),
+        "ids": frame["sample_id"]
+        if "sample_id" in columns
+        else (frame["prompt_id"] if "prompt_id" in columns else None),
         "tasks": frame[task_col],
         "scores": _numeric(frame, models),
         "costs": _numeric(frame, [m + RB_COST for m in models]),
@@ -334,9 +347,9 @@ def _parse_generic(
     prompts_raw = [_plain_text(v) for v in frame[prompt_col].tolist()]
     parsed: dict[str, np.ndarray | list] = {
         "prompts_raw": prompts_raw,
-        "ids": frame["prompt_id"] if "prompt_id" in columns else (
-            frame["sample_id"] if "sample_id" in columns else None
-        ),
+        "ids": frame["prompt_id"]
+        if "prompt_id" in columns
+        else (frame["sample_id"] if "sample_id" in columns else None),
         "tasks": frame[task_col],
         "scores": _numeric(frame, [G_SCORE + m for m in models]),
         "costs": costs,
@@ -360,13 +373,14 @@ def read_file(
     split: str | None = None,
     prices: Prices | None = None,
     with_responses: bool = False,
+    allow_pickle: bool = False,
 ) -> RawLoad:
     """Read one RouterBench or generic wide file into a RawLoad.
 
     ``split`` (from the file name) wins over a ``split`` column; without either the rows' split is "".
     """
     path = Path(path)
-    frame = read_frame(path)
+    frame = read_frame(path, allow_pickle=allow_pickle)
     fmt = detect_format(frame)
     if fmt == "routerbench":
         models, parsed = _parse_routerbench(frame, path, with_responses)
@@ -375,8 +389,7 @@ def read_file(
     else:
         _require_columns(frame, path, "generic")
         raise ValueError(
-            f"{path}: no model columns found (no '<model>|total_cost' and no 'score|<model>' columns); "
-            f"{_FORMAT_HELP}"
+            f"{path}: no model columns found (no '<model>|total_cost' and no 'score|<model>' columns); {_FORMAT_HELP}"
         )
     prompts_raw = parsed["prompts_raw"]
     prompt_missing = np.array([p is None or p.strip() == "" for p in prompts_raw], dtype=bool)
@@ -460,7 +473,7 @@ def _assign_test_split(raw: RawLoad, test_fraction: float, seed: int) -> None:
         rows = np.flatnonzero((raw.tasks == task) & raw.unsplit)
         keys = [prompt_hash(f"{seed}:{raw.prompt_ids[i]}:{i}") for i in rows]
         ordered = rows[np.argsort(keys, kind="stable")]
-        n_test = int(round(test_fraction * len(rows)))
+        n_test = round(test_fraction * len(rows))
         raw.split[ordered[:n_test]] = "test"
         raw.split[ordered[n_test:]] = "train"
 
@@ -472,6 +485,7 @@ def load_raw(
     models: list[str] | None = None,
     test_fraction: float | None = None,
     seed: int = 0,
+    allow_pickle: bool = False,
 ) -> RawLoad:
     """Load raw routing rows from a directory of ``<name>_train`` / ``<name>_test`` files or one file.
 
@@ -481,7 +495,7 @@ def load_raw(
     ``prices`` turns token counts into costs for the generic format. ``with_responses`` also parses the
     recorded answers (big). ``models`` restricts (and orders) the models loaded. ``test_fraction`` splits
     rows that have no split (e.g. RouterBench's ``routerbench_0shot.pkl``) per task, deterministically by
-    ``seed``; without it such rows are an error.
+    ``seed``; without it such rows are an error. ``.pkl`` files are read only with ``allow_pickle``.
     """
     path = Path(path)
     if not path.exists():
@@ -497,12 +511,24 @@ def load_raw(
                 "<task>_train.csv / <task>_test.csv (or one file with a 'split' column)"
             )
         parts = [
-            read_file(f, split=_split_from_stem(f.stem), prices=prices, with_responses=with_responses)
+            read_file(
+                f,
+                split=_split_from_stem(f.stem),
+                prices=prices,
+                with_responses=with_responses,
+                allow_pickle=allow_pickle,
+            )
             for f in files
         ]
     else:
         parts = [
-            read_file(path, split=_split_from_stem(path.stem), prices=prices, with_responses=with_responses)
+            read_file(
+                path,
+                split=_split_from_stem(path.stem),
+                prices=prices,
+                with_responses=with_responses,
+                allow_pickle=allow_pickle,
+            )
         ]
     raw = concat_raw(parts, models=models)
     no_split = raw.unsplit

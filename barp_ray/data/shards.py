@@ -10,9 +10,11 @@ The one-call ``prepare`` (raw files -> shards) lives in ``barp_ray.data.prepare`
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from barp_ray import storage
 from barp_ray.data.table import RoutingTable
 
 if TYPE_CHECKING:
@@ -55,69 +58,99 @@ def write_shards(
     """Write ``table`` as ``num_shards`` parquet files plus ``manifest.json``; returns the manifest path.
 
     Rows keep their order and are cut into contiguous, near-equal chunks (fewer shards when there are fewer
-    rows). Old ``part-*.parquet`` files in ``out_dir`` are removed first so a re-run never mixes versions.
-    ``extra_manifest`` entries are merged into the manifest (e.g. the prepare config).
+    rows). The folder is built next to ``out_dir`` and published with one rename (`storage.replace_dir`):
+    a reader, or a crash half-way, never sees old and new shards mixed. Other files already in ``out_dir``
+    are carried over. ``extra_manifest`` entries are merged into the manifest (e.g. the prepare config).
     """
+    import shutil
+    import uuid
+
+    from barp_ray.storage import replace_dir
+
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(SHARD_GLOB):
-        stale.unlink()
-    arrow = table.to_arrow()
-    bounds = np.linspace(0, len(table), min(num_shards, max(len(table), 1)) + 1).astype(int)
-    files = []
-    for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        name = SHARD_PATTERN.format(i)
-        pq.write_table(arrow.slice(start, stop - start), out_dir / name)
-        files.append({"file": name, "num_rows": int(stop - start)})
-    manifest: dict[str, Any] = {
-        "format": "barp-ray routing shards v1",
-        "models": list(table.models),
-        "encoder": table.encoder,
-        "embedding_dim": None if table.embeddings is None else int(table.embeddings.shape[1]),
-        "columns": arrow.column_names,
-        "files": files,
-        **_counts(table),
-    }
-    if validation_report is not None:
-        report = validation_report if isinstance(validation_report, dict) else validation_report.to_dict()
-        manifest["validation"] = report
-    if extra_manifest:
-        manifest.update(extra_manifest)
-    path = out_dir / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    return path
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        if out_dir.is_dir():
+            for other in out_dir.iterdir():  # keep files that are not ours (e.g. a README)
+                if other.name != MANIFEST and not other.match(SHARD_GLOB):
+                    (shutil.copytree if other.is_dir() else shutil.copy2)(other, tmp / other.name)
+        arrow = table.to_arrow()
+        bounds = np.linspace(0, len(table), min(num_shards, max(len(table), 1)) + 1).astype(int)
+        files = []
+        for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            name = SHARD_PATTERN.format(i)
+            pq.write_table(arrow.slice(start, stop - start), tmp / name)
+            files.append({"file": name, "num_rows": int(stop - start)})
+        manifest: dict[str, Any] = {
+            "format": "barp-ray routing shards v1",
+            "models": list(table.models),
+            "encoder": table.encoder,
+            "embedding_dim": None if table.embeddings is None else int(table.embeddings.shape[1]),
+            "columns": arrow.column_names,
+            "files": files,
+            **_counts(table),
+        }
+        if validation_report is not None:
+            report = validation_report if isinstance(validation_report, dict) else validation_report.to_dict()
+            manifest["validation"] = report
+        if extra_manifest:
+            manifest.update(extra_manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / MANIFEST
 
 
 def read_manifest(shard_dir: str | os.PathLike) -> dict:
-    """The ``manifest.json`` of a prepared directory (clear error if it is not one)."""
-    path = Path(shard_dir) / MANIFEST
-    if not path.exists():
+    """The ``manifest.json`` of a prepared directory, local or a URI (clear error if it is not one)."""
+    try:
+        raw = storage.read_bytes(storage.join(shard_dir, MANIFEST))
+    except FileNotFoundError:
         raise ValueError(
             f"{shard_dir}: no {MANIFEST}; this is not a prepared directory, run `barp prepare` first"
-        )
-    return json.loads(path.read_text())
+        ) from None
+    return json.loads(raw)
 
 
-def shard_files(shard_dir: str | os.PathLike) -> list[Path]:
-    """The shard files listed in the manifest, in order (each must exist)."""
-    shard_dir = Path(shard_dir)
-    files = [shard_dir / entry["file"] for entry in read_manifest(shard_dir)["files"]]
-    missing = [str(f) for f in files if not f.exists()]
+def shard_files(shard_dir: str | os.PathLike) -> list[str]:
+    """The shard files listed in the manifest, in order (each must exist): local paths or URIs."""
+    files = [storage.join(storage.absolute(shard_dir), entry["file"]) for entry in read_manifest(shard_dir)["files"]]
+    missing = [f for f in files if not storage.exists(f)]
     if missing:
-        raise ValueError(
-            f"{shard_dir}: shard files {missing} listed in {MANIFEST} are missing; re-run `barp prepare`"
-        )
+        raise ValueError(f"{shard_dir}: shard files {missing} listed in {MANIFEST} are missing; re-run `barp prepare`")
     return files
+
+
+def _read_file(location: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+    fs, path = storage.resolve(location)
+    return pq.read_table(path, filesystem=fs, columns=columns, filters=filters)
 
 
 def read_shards(shard_dir: str | os.PathLike) -> RoutingTable:
     """All shards of a prepared directory as one RoutingTable, in the written row order (pyarrow)."""
     manifest = read_manifest(shard_dir)
-    tables = [pq.read_table(f) for f in shard_files(shard_dir)]
+    tables = [_read_file(f) for f in shard_files(shard_dir)]
     arrow = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     return RoutingTable.from_arrow(arrow, models=manifest["models"])
+
+
+def iter_shard_columns(
+    shard_dir: str | os.PathLike, columns: list[str], split: str | None = None, exclude_tasks: Sequence[str] = ()
+) -> Iterator[pa.Table]:
+    """Only `columns` of the rows of one split (minus `exclude_tasks`), one shard file at a time: a streaming
+    pass for driver-side statistics (tau, counts) that never holds the embeddings or the whole table."""
+    filters = []
+    if split is not None:
+        filters.append(("split", "=", split))
+    if exclude_tasks:
+        filters.append(("task", "not in", list(exclude_tasks)))
+    for location in shard_files(shard_dir):
+        yield _read_file(location, columns=columns, filters=filters or None)
 
 
 def read_shards_ray(
@@ -127,12 +160,12 @@ def read_shards_ray(
 
     All columns are kept unless ``columns`` names a subset. Ray Data drops the schema metadata, so take the
     model list from ``read_manifest(shard_dir)["models"]`` when converting back (``dataset_to_table``).
+    Object-store folders (s3://, gs://) are read directly by Ray Data's pyarrow filesystem.
     """
     import ray.data
     from ray.data.expressions import col
 
-    files = [str(f) for f in shard_files(shard_dir)]
-    ds = ray.data.read_parquet(files)
+    ds = ray.data.read_parquet(shard_files(shard_dir))
     if split is not None:
         ds = ds.filter(expr=col("split") == split)
     if columns is not None:

@@ -35,7 +35,7 @@ def assign_validation_split(table: RoutingTable, fraction: float = 0.15, seed: i
         rows = np.flatnonzero((table.tasks == task) & (split == "train"))
         if fraction == 0.0 or len(rows) == 0:
             continue
-        n_val = int(round(fraction * len(rows)))
+        n_val = round(fraction * len(rows))
         if len(rows) >= 2:
             n_val = min(max(n_val, 1), len(rows) - 1)
         keys = [_rank_key(seed, str(table.prompt_ids[i])) for i in rows]

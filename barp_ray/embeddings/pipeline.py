@@ -1,7 +1,8 @@
 """Embedding pipeline: a Ray Data actor pool over prompts, cached by content hash.
 
-The cache is a folder of parquet files (`prompt_hash`, `embedding`) per encoder. A prompt whose hash is
-already cached is never embedded again, so a second run over the same data embeds nothing.
+The cache is a folder of parquet files (`prompt_hash`, `embedding`) per encoder id (model, backend and token
+budget: see `EncoderSpec`). A prompt whose hash is already cached is never embedded again, so a second run
+over the same data embeds nothing. Actors put the encoder on CUDA when Ray gave them a GPU.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import re
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from barp_ray.data.table import RoutingTable, prompt_hash
-from barp_ray.embeddings.encoder import DEFAULT_ENCODER, encode, load_encoder
+from barp_ray.embeddings.encoder import DEFAULT_ENCODER, EncoderSpec, encode, load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,9 @@ class EmbeddingCache:
 
 
 class PromptEmbedder:
-    """Ray Data actor: loads the encoder once, embeds batches of `prompt` into `embedding`."""
+    """Ray Data actor: loads the encoder (an encoder id) once, embeds batches of `prompt` into `embedding`."""
 
-    def __init__(self, encoder: str, batch_size: int = 64, device: str | None = None) -> None:
+    def __init__(self, encoder: str, batch_size: int = 64, device: str | None = "auto") -> None:
         self.model = load_encoder(encoder, device=device)
         self.batch_size = batch_size
 
@@ -92,37 +94,55 @@ def embed_prompts_ray(
     use_gpu: bool = False,
     cpus_per_actor: float = 1.0,
 ) -> np.ndarray:
-    """Embed prompts with a Ray Data `map_batches` actor pool; returns (N, D) in input order."""
+    """Embed prompts with a Ray Data `map_batches` actor pool; returns (N, D) in input order.
+
+    `encoder` is an encoder id (`EncoderSpec.id`); `use_gpu` asks Ray for one GPU per actor, and an actor
+    that got one runs the encoder on CUDA (`device="auto"`)."""
     import ray
 
     hashes = [prompt_hash(p) for p in prompts]
     ds = ray.data.from_items([{"prompt_hash": h, "prompt": p} for h, p in zip(hashes, prompts, strict=True)])
-    ds = ds.map_batches(
-        PromptEmbedder,
-        fn_constructor_kwargs={"encoder": encoder, "batch_size": batch_size, "device": "cuda" if use_gpu else None},
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=cpus_per_actor,
-        num_gpus=1 if use_gpu else 0,
-        batch_format="numpy",
-    )
+    with warnings.catch_warnings():
+        # max_restarts has no named map_batches parameter in Ray 2.60 (only the deprecated **ray_remote_args)
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            PromptEmbedder,
+            fn_constructor_kwargs={"encoder": encoder, "batch_size": batch_size, "device": "auto"},
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=num_actors),
+            num_cpus=cpus_per_actor,
+            num_gpus=1 if use_gpu else 0,
+            batch_format="numpy",
+            # Ray Data keeps the actors' constructor arguments in the object store; with restarts on, Ray logs a
+            # core_worker error per actor (a restart could not rebuild them: ray-project/ray#53727). A failed
+            # embed job is rerun instead, and the content-hash cache keeps what was already embedded.
+            max_restarts=0,
+        )
     by_hash: dict[str, np.ndarray] = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        by_hash.update(zip(batch["prompt_hash"].tolist(), np.asarray(list(batch["embedding"])), strict=True))
+    from tqdm.auto import tqdm
+
+    # our own bar (prompts/s, ETA): Ray Data's bars are off in scripts/main.sh and tests
+    with tqdm(total=len(prompts), desc="embed", unit="prompt", mininterval=2.0, dynamic_ncols=True) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            by_hash.update(zip(batch["prompt_hash"].tolist(), np.asarray(list(batch["embedding"])), strict=True))
+            bar.update(len(batch["prompt_hash"]))
     return np.stack([by_hash[h] for h in hashes]).astype(np.float32)
 
 
 def embed_table(
     table: RoutingTable,
-    encoder: str = DEFAULT_ENCODER,
+    encoder: str | EncoderSpec = DEFAULT_ENCODER,
     cache_dir: str | Path = ".barp_cache/embeddings",
     batch_size: int = 64,
     num_actors: int = 1,
     use_gpu: bool = False,
     cpus_per_actor: float = 1.0,
 ) -> tuple[RoutingTable, EmbedStats]:
-    """Fill `table.embeddings`, embedding only prompts missing from the content-hash cache."""
+    """Fill `table.embeddings`, embedding only prompts missing from the content-hash cache.
+
+    `table.encoder` becomes the encoder id (backend and token budget included), which the shards record."""
     start = time.perf_counter()
+    encoder = (encoder if isinstance(encoder, EncoderSpec) else EncoderSpec.parse(encoder)).id
     cache = EmbeddingCache(cache_dir, encoder)
     cached = cache.load()
     hashes = table.content_hashes

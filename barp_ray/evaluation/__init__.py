@@ -1,5 +1,6 @@
 """Router registry, baseline routers, metrics (AIQ, cost to reach, curves) and the evaluation report."""
 
+from barp_ray.evaluation.bandits import EpsilonGreedyRouter, LinearTSRouter, LinUCBRouter
 from barp_ray.evaluation.evaluate import (
     LARGEST_MODEL,
     EvaluationResult,
@@ -50,8 +51,11 @@ __all__ = [
     "LARGEST_MODEL",
     "ROUTERS",
     "CurvePoint",
+    "EpsilonGreedyRouter",
     "EvaluationResult",
     "KNNRouter",
+    "LinUCBRouter",
+    "LinearTSRouter",
     "OfflineMLPRouter",
     "OracleRouter",
     "RandomRouter",

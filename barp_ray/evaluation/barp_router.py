@@ -9,8 +9,9 @@ import torch
 
 from barp_ray.data.table import RoutingTable
 from barp_ray.evaluation.routers import Router, register
+from barp_ray.objective import greedy_choice
 from barp_ray.policy.checkpoint import load_policy
-from barp_ray.policy.model import BarpPolicy, preference_tensor
+from barp_ray.policy.model import BarpPolicy
 
 
 @register("barp")
@@ -26,15 +27,24 @@ class BarpRouter(Router):
 
     def fit(self, train: RoutingTable, tau: float) -> None:
         if list(train.models) != list(self.policy.spec.models):
-            raise ValueError(
-                f"policy was trained on models {self.policy.spec.models}, table has {train.models}"
-            )
+            raise ValueError(f"policy was trained on models {self.policy.spec.models}, table has {train.models}")
+        check_same_encoder(self.policy.spec.encoder, train.encoder)
         self._remember(train, self.policy.spec.tau)
 
     @torch.no_grad()
-    def route(self, table: RoutingTable, w_cost: float) -> np.ndarray:
-        self._check(table, w_cost)
-        if table.embeddings is None:
-            raise ValueError("BaRP routes on embeddings: run `barp embed` on this table first")
-        emb = torch.as_tensor(table.embeddings, dtype=torch.float32)
-        return self.policy.act(emb, preference_tensor(w_cost, len(table))).numpy().astype(np.int64)
+    def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
+        self._check_fitted(w_cost)
+        emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        return greedy_choice(self.policy, emb, w_cost).numpy().astype(np.int64)
+
+
+def check_same_encoder(policy_encoder: str | None, table_encoder: str | None) -> None:
+    """Refuse to evaluate a policy on embeddings of another encoder (backend / token budget included)."""
+    from barp_ray.embeddings.encoder import EncoderSpec
+
+    if policy_encoder and table_encoder and EncoderSpec.parse(policy_encoder).id != EncoderSpec.parse(table_encoder).id:
+        raise ValueError(
+            f"the policy was trained on embeddings from {policy_encoder!r} but the table was embedded "
+            f"with {table_encoder!r}: re-embed it with the policy's encoder (`barp embed "
+            "--encoder-backend ... --max-seq-length ...`) or evaluate a policy trained on these"
+        )

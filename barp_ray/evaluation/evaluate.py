@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from barp_ray.data.table import RoutingTable
+from barp_ray.evaluation import bandits  # noqa: F401 (registers linucb, lin_ts, eps_greedy)
 from barp_ray.evaluation.metrics import (
     DEFAULT_W_GRID,
     CurvePoint,
@@ -17,16 +19,9 @@ from barp_ray.evaluation.metrics import (
     spearman_cost_vs_wc,
     w_key,
 )
-from barp_ray.evaluation.routers import (
-    KNNRouter,
-    OfflineMLPRouter,
-    OracleRouter,
-    RandomRouter,
-    Router,
-    single_model_routers,
-)
-
-LARGEST_MODEL = "gpt-4-1106-preview"
+from barp_ray.evaluation.routers import ROUTERS, Router, make_router
+from barp_ray.objective import LARGEST_MODEL  # noqa: F401 (re-exported by barp_ray.evaluation)
+from barp_ray.objective import largest_model as _largest_of
 
 
 # ---- single-model reference points ---------------------------------------------------------------------
@@ -44,10 +39,8 @@ def cost_range(test: RoutingTable) -> tuple[float, float]:
 
 
 def largest_model(test: RoutingTable) -> str:
-    """gpt-4-1106-preview if present, else the model with the highest mean cost on `test`."""
-    if LARGEST_MODEL in test.models:
-        return LARGEST_MODEL
-    return test.models[int(np.argmax(test.costs.mean(axis=0)))]
+    """`LARGEST_MODEL` if present, else the model with the highest mean cost on `test` (`barp_ray.objective`)."""
+    return _largest_of(test.models, test.costs)
 
 
 def cheapest_model(test: RoutingTable) -> str:
@@ -178,9 +171,7 @@ def evaluate_routers(
         cheapest_model=cheapest_model(test),
         largest_score=target,
         cost_range=(c_min, c_max),
-        single_models={
-            m: {"score": s, "cost": c, "aiq": aiq([c], [s], c_min, c_max)} for m, (s, c) in singles.items()
-        },
+        single_models={m: {"score": s, "cost": c, "aiq": aiq([c], [s], c_min, c_max)} for m, (s, c) in singles.items()},
         extra=dict(extra or {}),
     )
     for name, router in routers.items():
@@ -198,29 +189,54 @@ def evaluate_routers(
     return result
 
 
+#: The baselines every evaluation fits: references, full-information routers, same-information bandits.
+DEFAULT_BASELINES: tuple[str, ...] = (
+    "single",
+    "random",
+    "oracle",
+    "offline_mlp",
+    "knn",
+    "linucb",
+    "lin_ts",
+    "eps_greedy",
+)
+
+
 def build_baselines(
     train: RoutingTable,
     tau: float,
     *,
     seed: int = 0,
-    include: Sequence[str] = ("single", "random", "oracle", "offline_mlp", "knn"),
+    include: Sequence[str] = DEFAULT_BASELINES,
     knn_k: int = 20,
+    options: dict[str, dict] | None = None,
 ) -> dict[str, Router]:
-    """Fit the standard baselines on `train`: every single model, random, oracle, offline MLP, kNN.
+    """Fit baselines on `train`, each built by name through the router registry (`make_router`).
 
-    Learned baselines (offline_mlp, knn) need ``train.embeddings``. Returns name -> fitted router.
+    ``single`` expands to one router per model. `seed` goes to every router that takes one; `options`
+    holds extra constructor arguments per registry name (e.g. ``{"linucb": {"passes": 5}}``). Learned
+    baselines need ``train.embeddings``. Returns name -> fitted router.
     """
+    options = {"knn": {"k": knn_k}, **(options or {})}
     out: dict[str, Router] = {}
-    if "single" in include:
-        out.update(single_model_routers(train.models))
-    if "random" in include:
-        out["random"] = RandomRouter(seed=seed)
-    if "oracle" in include:
-        out["oracle"] = OracleRouter()
-    if "offline_mlp" in include:
-        out["offline_mlp"] = OfflineMLPRouter(seed=seed)
-    if "knn" in include:
-        out["knn"] = KNNRouter(k=knn_k)
+    for name in include:
+        if name == "single":
+            for model in train.models:
+                router = make_router("single", model=model, **options.get("single", {}))
+                out[router.name] = router
+            continue
+        kwargs = dict(options.get(name, {}))
+        if _accepts_seed(name):
+            kwargs.setdefault("seed", seed)
+        out[name] = make_router(name, **kwargs)
     for router in out.values():
         router.fit(train, tau)
     return out
+
+
+def _accepts_seed(name: str) -> bool:
+    """Whether the registered router's constructor (or a base's, through **kwargs) takes `seed`."""
+    cls = ROUTERS.get(name)
+    if cls is None:
+        return False
+    return any("seed" in inspect.signature(c.__init__).parameters for c in cls.__mro__ if "__init__" in vars(c))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from barp_ray.config import JobConfig
+from barp_ray.config import JobConfig, LocalPath
 from barp_ray.data.shards import read_manifest, read_shards
 from barp_ray.data.table import RoutingTable
 from barp_ray.evaluation.barp_router import BarpRouter
@@ -19,12 +19,12 @@ from barp_ray.policy.checkpoint import load_policy
 class EvaluateConfig(JobConfig):
     """Config of `barp evaluate`."""
 
-    data: Path = Field(default=Path("runs/demo/data"), description="prepared + embedded shards")
-    policy: Path = Field(default=Path("runs/demo/policy"), description="BaRP policy checkpoint folder")
-    out_dir: Path = Field(default=Path("runs/demo/eval"))
-    w_grid: list[float] = Field(default_factory=lambda: list(DEFAULT_W_GRID))
-    seed: int = 0
-    title: str = "BaRP evaluation (test split)"
+    data: LocalPath = Field(default=Path("runs/demo/data"), description="prepared + embedded shards")
+    policy: LocalPath = Field(default=Path("runs/demo/policy"), description="BaRP policy checkpoint folder")
+    out_dir: LocalPath = Field(default=Path("runs/demo/eval"), description="report folder (metrics.json, report.md)")
+    w_grid: list[float] = Field(default_factory=lambda: list(DEFAULT_W_GRID), description="w_c values evaluated")
+    seed: int = Field(default=0, description="seed of the fitted baselines")
+    title: str = Field(default="BaRP evaluation (test split)", description="report title")
 
 
 def evaluate_policy(

@@ -95,9 +95,9 @@ def curve_point(table: RoutingTable, choice: np.ndarray, w_cost: float) -> Curve
 def router_curve(router, table: RoutingTable, w_grid: Sequence[float] = DEFAULT_W_GRID) -> list[CurvePoint]:
     """Route `table` at every w_c of the grid; a router with ``preference_aware=False`` is routed once."""
     if not getattr(router, "preference_aware", True):
-        base = curve_point(table, router.route(table, float(w_grid[0])), float(w_grid[0]))
+        base = curve_point(table, router.route_table(table, float(w_grid[0])), float(w_grid[0]))
         return [CurvePoint(float(w), base.score, base.cost, base.per_task, base.choices) for w in w_grid]
-    return [curve_point(table, router.route(table, float(w)), float(w)) for w in w_grid]
+    return [curve_point(table, router.route_table(table, float(w)), float(w)) for w in w_grid]
 
 
 def _as_pairs(points: Iterable) -> tuple[np.ndarray, np.ndarray]:

@@ -61,7 +61,7 @@ def summary_markdown(result: EvaluationResult) -> str:
     for w in ws:
         header += [f"score @w_c={w_key(w)}", f"cost @w_c={w_key(w)}"]
     target = f"{_short(result.largest_model)} ({result.largest_score:.4f})"
-    header += [f"lowest cost reaching {target}", "ρ(w_c, cost)"]
+    header += [f"lowest cost reaching {target}", "ρ(w_c, cost)"]  # noqa: RUF001
     rows = []
     for r in _ordered(result):
         row = [f"`{r.name}`", _num(r.aiq)]
@@ -83,7 +83,7 @@ def per_task_markdown(result: EvaluationResult, w_cost: float = 0.5) -> str:
         for t in result.tasks:
             d = p.per_task.get(t)
             cells.append("—" if d is None else f"{d['score']:.4f} / {_usd(d['cost'])}")
-        rows.append([f"`{r.name}`"] + cells)
+        rows.append([f"`{r.name}`", *cells])
     return _md_table(header, rows)
 
 
@@ -101,7 +101,7 @@ def choices_markdown(result: EvaluationResult, top: int = 3) -> str:
             total = max(sum(ch.values()), 1)
             best = sorted(ch.items(), key=lambda kv: -kv[1])[:top]
             cells.append(", ".join(f"{_short(m)} {n / total:.0%}" for m, n in best if n))
-        rows.append([f"`{r.name}`"] + cells)
+        rows.append([f"`{r.name}`", *cells])
     return _md_table(header, rows)
 
 
@@ -185,8 +185,7 @@ def loto_summary(fold_results: dict[str, EvaluationResult]) -> dict:
         mean[n] = sum(vals) / len(vals)
         n_folds[n] = len(vals)
     reach = {
-        task: {name: r.cost_to_reach_largest for name, r in res.routers.items()}
-        for task, res in fold_results.items()
+        task: {name: r.cost_to_reach_largest for name, r in res.routers.items()} for task, res in fold_results.items()
     }
     return {"folds": folds, "mean_aiq": mean, "n_folds": n_folds, "cost_to_reach_largest": reach}
 
@@ -201,7 +200,7 @@ def loto_markdown(fold_results: dict[str, EvaluationResult]) -> str:
         mean = _num(s["mean_aiq"][name])
         if s["n_folds"][name] < len(tasks):
             mean += f" ({s['n_folds'][name]}/{len(tasks)} folds)"
-        rows.append([f"`{name}`"] + cells + [mean])
+        rows.append([f"`{name}`", *cells, mean])
     intro = (
         "Leave-one-task-out: each column trains without that task and tests on it only; AIQ uses that "
         "task's single-model cost window.\n\n"
@@ -256,7 +255,7 @@ def write_report(
         f"plane over the single-model cost window [{_usd(c_min)}, {_usd(c_max)}] (linear cost), divided by "
         f"the window width; 0 left of the router's cheapest point (RouterBench, arXiv 2403.12031). "
         f"Cost columns are mean USD per query. Preference-blind routers have one point for every w_c. "
-        f"ρ: Spearman correlation of w_c with cost. Target score: `{result.largest_model}` = "
+        f"ρ: Spearman correlation of w_c with cost. Target score: `{result.largest_model}` = "  # noqa: RUF001
         f"{result.largest_score:.4f}.",
         "",
         "## Single models",

@@ -2,9 +2,14 @@
 
 Every router (BaRP and the baselines alike) implements one interface, like RouteLLM's router registry:
 
-    router = ROUTERS["knn"](k=20)
-    router.fit(train_table, tau)            # tau: USD cost scale of the reward
-    choice = router.route(test_table, 0.3)  # (N,) int model index per row, for w_c = 0.3
+    router = make_router("knn", k=20)
+    router.fit(train_table, tau)                # tau: USD cost scale of the reward
+    choice = router.route(embeddings, 0.3)      # (N,) int model index per row of (N, D) embeddings, w_c = 0.3
+    choice = router.route_table(test_table, 0.3)  # the same for a table (checks its model list)
+
+`route` sees what a deployed router sees: the prompts' embeddings and the preference, never the outcomes.
+The one exception is the `oracle` reference (``uses_outcomes = True``): it overrides `route_table` and reads
+the routed table's true scores and costs; it is an upper bound, not a router.
 
 Preference-aware routers pick by the utility ``w_q * q_hat - w_c * min(c_hat / tau, 1)`` with
 ``w_q = 1 - w_c`` (the reward of the BaRP paper), ties going to the cheaper model.
@@ -22,6 +27,7 @@ from torch import nn
 
 from barp_ray.data.table import RoutingTable
 from barp_ray.evaluation.metrics import DEFAULT_W_GRID
+from barp_ray.objective import normalized_cost, reward
 
 ROUTERS: dict[str, type[Router]] = {}
 
@@ -56,15 +62,18 @@ def make_router(name: str, **kwargs) -> Router:
 
 
 def normalised_cost(costs: np.ndarray, tau: float) -> np.ndarray:
-    """c~ = min(c / tau, 1)."""
-    return np.minimum(np.asarray(costs, dtype=np.float64) / tau, 1.0)
+    """c~ = min(c / tau, 1) (`barp_ray.objective.normalized_cost`, as float64 numpy)."""
+    return normalized_cost(np.asarray(costs, dtype=np.float64), tau)
 
 
-def utility_argmax(q_hat: np.ndarray, c_hat: np.ndarray, w_cost: float, tau: float) -> np.ndarray:
-    """Per row argmax of ``(1 - w_c) * q_hat - w_c * min(c_hat / tau, 1)``; ties go to the lower ``c_hat``."""
+def utility_argmax(q_hat: np.ndarray, c_hat: np.ndarray, w_cost: float | np.ndarray, tau: float) -> np.ndarray:
+    """Per row argmax of ``(1 - w_c) * q_hat - w_c * min(c_hat / tau, 1)``; ties go to the lower ``c_hat``.
+
+    `w_cost` is one value, or an (N, 1) array of one value per row.
+    """
     q_hat = np.asarray(q_hat, dtype=np.float64)
     c_hat = np.broadcast_to(np.asarray(c_hat, dtype=np.float64), q_hat.shape)
-    util = (1.0 - w_cost) * q_hat - w_cost * normalised_cost(c_hat, tau)
+    util = reward(q_hat, c_hat, w_cost, tau)
     best = util.max(axis=1, keepdims=True)
     tied_cost = np.where(util >= best - _TIE_EPS, c_hat, np.inf)
     return tied_cost.argmin(axis=1).astype(np.int64)
@@ -74,8 +83,8 @@ def realised_reward(table: RoutingTable, choice: np.ndarray, w_cost: float, tau:
     """Mean reward ``w_q * q - w_c * c~`` of the chosen models, with the table's true scores and costs."""
     rows = np.arange(len(table))
     q = table.scores[rows, choice].astype(np.float64)
-    c = normalised_cost(table.costs[rows, choice], tau)
-    return float(np.mean((1.0 - w_cost) * q - w_cost * c)) if len(table) else 0.0
+    c = table.costs[rows, choice].astype(np.float64)
+    return float(np.mean(reward(q, c, w_cost, tau))) if len(table) else 0.0
 
 
 class Router(ABC):
@@ -85,6 +94,10 @@ class Router(ABC):
     registry_name: str = ""
     #: False when the choice ignores the preference w (evaluated once, repeated over the w-grid).
     preference_aware: bool = True
+    #: False when `route` only needs the number of rows (single models, random).
+    needs_embeddings: bool = True
+    #: True only for references that read the routed table's true outcomes (the oracle).
+    uses_outcomes: bool = False
 
     def __init__(self) -> None:
         self.models: list[str] | None = None
@@ -95,8 +108,18 @@ class Router(ABC):
         """Learn from `train`; `tau` (USD, > 0) normalises cost in the reward."""
 
     @abstractmethod
-    def route(self, table: RoutingTable, w_cost: float) -> np.ndarray:
-        """(N,) int64 index into ``table.models`` for every row, for cost weight ``w_cost`` in [0, 1]."""
+    def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
+        """(N,) int64 model index (into the fitted model list) for (N, D) prompt embeddings at cost weight
+        ``w_cost`` in [0, 1]."""
+
+    def route_table(self, table: RoutingTable, w_cost: float) -> np.ndarray:
+        """`route` on a table's embeddings, after checking its model list and `w_cost`."""
+        self._check(table, w_cost)
+        if table.embeddings is None:
+            if self.needs_embeddings:
+                raise ValueError(f"{self.name} routes on embeddings: run `barp embed` (or fill table.embeddings)")
+            return self.route(np.zeros((len(table), 0), dtype=np.float32), w_cost)
+        return self.route(np.asarray(table.embeddings, dtype=np.float32), w_cost)
 
     # ---- helpers for subclasses ------------------------------------------------------------------
     def _remember(self, train: RoutingTable, tau: float) -> None:
@@ -106,15 +129,23 @@ class Router(ABC):
         self.tau = float(tau)
 
     def _check(self, table: RoutingTable, w_cost: float | None = None) -> None:
-        if self.models is None:
-            raise RuntimeError(f"{type(self).__name__}.route called before fit")
+        self._check_fitted(w_cost)
         if list(table.models) != self.models:
             raise ValueError(f"{self.name}: table models {table.models} differ from the fitted {self.models}")
+
+    def _check_fitted(self, w_cost: float | None = None) -> None:
+        if self.models is None:
+            raise RuntimeError(f"{type(self).__name__}.route called before fit")
         if w_cost is not None and not 0.0 <= w_cost <= 1.0:
             raise ValueError(f"w_cost must be in [0, 1], got {w_cost}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _embeddings_of(x: np.ndarray | RoutingTable, who: str) -> np.ndarray:
+    """(N, D) float32 embeddings from an array or a table."""
+    return _require_embeddings(x, who) if isinstance(x, RoutingTable) else np.asarray(x, dtype=np.float32)
 
 
 def _require_embeddings(table: RoutingTable, who: str) -> np.ndarray:
@@ -129,6 +160,7 @@ class SingleModelRouter(Router):
     """Always the same model (given by id or index)."""
 
     preference_aware = False
+    needs_embeddings = False
 
     def __init__(self, model: str | int) -> None:
         super().__init__()
@@ -148,9 +180,9 @@ class SingleModelRouter(Router):
             self.index = int(self.model)
             self.name = f"single:{train.models[self.index]}"
 
-    def route(self, table: RoutingTable, w_cost: float) -> np.ndarray:
-        self._check(table, w_cost)
-        return np.full(len(table), self.index, dtype=np.int64)
+    def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
+        self._check_fitted(w_cost)
+        return np.full(len(embeddings), self.index, dtype=np.int64)
 
 
 @register("random")
@@ -159,6 +191,7 @@ class RandomRouter(Router):
 
     name = "random"
     preference_aware = False
+    needs_embeddings = False
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
@@ -167,10 +200,10 @@ class RandomRouter(Router):
     def fit(self, train: RoutingTable, tau: float) -> None:
         self._remember(train, tau)
 
-    def route(self, table: RoutingTable, w_cost: float) -> np.ndarray:
-        self._check(table, w_cost)
+    def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
+        self._check_fitted(w_cost)
         rng = np.random.default_rng(self.seed)
-        return rng.integers(0, table.num_models, size=len(table)).astype(np.int64)
+        return rng.integers(0, len(self.models), size=len(embeddings)).astype(np.int64)
 
 
 @register("oracle")
@@ -178,11 +211,15 @@ class OracleRouter(Router):
     """Upper bound: per row argmax of ``w_q * q - w_c * c~`` with the routed table's TRUE scores and costs."""
 
     name = "oracle"
+    uses_outcomes = True
 
     def fit(self, train: RoutingTable, tau: float) -> None:
         self._remember(train, tau)
 
-    def route(self, table: RoutingTable, w_cost: float) -> np.ndarray:
+    def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
+        raise TypeError("the oracle reads true outcomes: call route_table(table, w_cost), not route(embeddings)")
+
+    def route_table(self, table: RoutingTable, w_cost: float) -> np.ndarray:
         self._check(table, w_cost)
         return utility_argmax(table.scores, table.costs, w_cost, self.tau)
 
@@ -258,7 +295,7 @@ class OfflineMLPRouter(Router):
             raise ValueError("OfflineMLPRouter needs at least 2 training rows")
         rng = np.random.default_rng(self.seed)
         perm = rng.permutation(n)
-        n_val = int(round(self.val_fraction * n)) if n >= 10 else 0
+        n_val = round(self.val_fraction * n) if n >= 10 else 0
         val_idx, fit_idx = perm[:n_val], perm[n_val:]
 
         self._mu_x = x_all[fit_idx].mean(axis=0)
@@ -321,8 +358,7 @@ class OfflineMLPRouter(Router):
             c_mean = np.broadcast_to(self._mean_cost_fit, c_head.shape)
             for label, c_hat in (("mean", c_mean), ("head", c_head)):
                 rewards = [
-                    realised_reward(val, utility_argmax(q_val, c_hat, w, self.tau), w, self.tau)
-                    for w in DEFAULT_W_GRID
+                    realised_reward(val, utility_argmax(q_val, c_hat, w, self.tau), w, self.tau) for w in DEFAULT_W_GRID
                 ]
                 self.val_report_[f"val_reward_{label}"] = float(np.mean(rewards))
                 err = normalised_cost(c_hat, self.tau) - normalised_cost(val.costs, self.tau)
@@ -348,18 +384,18 @@ class OfflineMLPRouter(Router):
     def _cost_from_head(self, lc_std: np.ndarray) -> np.ndarray:
         return np.exp(self._mu_lc + self._sd_lc * lc_std + 0.5 * self._log_resid_var)
 
-    def predict(self, table: RoutingTable) -> tuple[np.ndarray, np.ndarray]:
-        """(q_hat, c_hat), both (N, K): predicted scores and expected USD costs."""
+    def predict(self, embeddings: np.ndarray | RoutingTable) -> tuple[np.ndarray, np.ndarray]:
+        """(q_hat, c_hat), both (N, K): predicted scores and expected USD costs (embeddings or a table)."""
         if self.net is None:
             raise RuntimeError("OfflineMLPRouter.predict called before fit")
-        q_hat, lc = self._predict_raw(_require_embeddings(table, self.name))
+        q_hat, lc = self._predict_raw(_embeddings_of(embeddings, self.name))
         if self.cost_model_ == "head":
             return q_hat, self._cost_from_head(lc)
         return q_hat, np.broadcast_to(self._mean_cost, q_hat.shape).copy()
 
-    def route(self, table: RoutingTable, w_cost: float) -> np.ndarray:
-        self._check(table, w_cost)
-        q_hat, c_hat = self.predict(table)
+    def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
+        self._check_fitted(w_cost)
+        q_hat, c_hat = self.predict(embeddings)
         return utility_argmax(q_hat, c_hat, w_cost, self.tau)
 
 
@@ -381,22 +417,22 @@ class KNNRouter(Router):
         self._scores = np.asarray(train.scores, np.float64)
         self._costs = np.asarray(train.costs, np.float64)
 
-    def predict(self, table: RoutingTable) -> tuple[np.ndarray, np.ndarray]:
-        """(q_hat, c_hat), both (N, K): neighbour means of scores and costs."""
-        emb = _unit(_require_embeddings(table, self.name))
+    def predict(self, embeddings: np.ndarray | RoutingTable) -> tuple[np.ndarray, np.ndarray]:
+        """(q_hat, c_hat), both (N, K): neighbour means of scores and costs (embeddings or a table)."""
+        emb = _unit(_embeddings_of(embeddings, self.name))
         k = min(self.k, len(self._emb))
-        q_hat = np.empty((len(table), len(self.models)))
+        q_hat = np.empty((len(emb), len(self.models)))
         c_hat = np.empty_like(q_hat)
-        for start in range(0, len(table), self.chunk):
+        for start in range(0, len(emb), self.chunk):
             sims = emb[start : start + self.chunk] @ self._emb.T
             nn_idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             q_hat[start : start + len(sims)] = self._scores[nn_idx].mean(axis=1)
             c_hat[start : start + len(sims)] = self._costs[nn_idx].mean(axis=1)
         return q_hat, c_hat
 
-    def route(self, table: RoutingTable, w_cost: float) -> np.ndarray:
-        self._check(table, w_cost)
-        q_hat, c_hat = self.predict(table)
+    def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
+        self._check_fitted(w_cost)
+        q_hat, c_hat = self.predict(embeddings)
         return utility_argmax(q_hat, c_hat, w_cost, self.tau)
 
 

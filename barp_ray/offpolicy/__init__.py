@@ -5,6 +5,12 @@ from barp_ray.offpolicy.estimators import doubly_robust, estimate_all, importanc
 from barp_ray.offpolicy.logged import LoggedBandit, check_propensities, read_logged_bandit
 
 __all__ = [
-    "LoggedBandit", "check_propensities", "doubly_robust", "estimate_all", "importance_weights", "ips",
-    "read_logged_bandit", "snips",
+    "LoggedBandit",
+    "check_propensities",
+    "doubly_robust",
+    "estimate_all",
+    "importance_weights",
+    "ips",
+    "read_logged_bandit",
+    "snips",
 ]

@@ -24,7 +24,10 @@ ESTIMATORS = ("ips", "snips", "dr")
 
 
 def importance_weights(
-    target_probs: np.ndarray, actions: np.ndarray, propensities: np.ndarray, clip: float | None = None,
+    target_probs: np.ndarray,
+    actions: np.ndarray,
+    propensities: np.ndarray,
+    clip: float | None = None,
 ) -> np.ndarray:
     """rho_i = pi(a_i | x_i) / mu_i, optionally clipped at `clip`."""
     target_probs = np.asarray(target_probs, dtype=np.float64)
@@ -42,8 +45,9 @@ def snips(y: np.ndarray, rho: np.ndarray) -> float:
     return float(np.sum(rho * y) / total) if total > 0 else float("nan")
 
 
-def doubly_robust(y: np.ndarray, rho: np.ndarray, target_probs: np.ndarray, y_hat: np.ndarray,
-                  actions: np.ndarray) -> float:
+def doubly_robust(
+    y: np.ndarray, rho: np.ndarray, target_probs: np.ndarray, y_hat: np.ndarray, actions: np.ndarray
+) -> float:
     return float(np.mean(dr_terms(y, rho, target_probs, y_hat, actions)))
 
 
@@ -77,8 +81,9 @@ def effective_sample_size(rho: np.ndarray) -> float:
     return float(np.sum(rho) ** 2 / s2) if s2 > 0 else 0.0
 
 
-def bootstrap_interval(stat: Callable[[np.ndarray], np.ndarray], n: int, samples: int = 1000, alpha: float = 0.05,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    stat: Callable[[np.ndarray], np.ndarray], n: int, samples: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
     """Percentile interval of `stat(idx)` over `samples` resamples; `stat` maps a (B, n) index array to (B,)."""
     rng = np.random.default_rng(seed)
     values = []
@@ -93,8 +98,12 @@ def bootstrap_interval(stat: Callable[[np.ndarray], np.ndarray], n: int, samples
 
 
 def statistic(
-    name: str, y: np.ndarray, rho: np.ndarray, target_probs: np.ndarray | None = None,
-    y_hat: np.ndarray | None = None, actions: np.ndarray | None = None,
+    name: str,
+    y: np.ndarray,
+    rho: np.ndarray,
+    target_probs: np.ndarray | None = None,
+    y_hat: np.ndarray | None = None,
+    actions: np.ndarray | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The estimator `name` as a function of row indices ((n,) or (B, n)) -> value(s): the full-sample
     estimate is `stat(np.arange(n))`, a bootstrap replicate is `stat(resampled_idx)`."""
@@ -113,9 +122,16 @@ def statistic(
 
 
 def estimate_all(
-    y: np.ndarray, target_probs: np.ndarray, actions: np.ndarray, propensities: np.ndarray,
-    y_hat: np.ndarray | None = None, clip: float | None = None, estimators: tuple[str, ...] = ESTIMATORS,
-    bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0,
+    y: np.ndarray,
+    target_probs: np.ndarray,
+    actions: np.ndarray,
+    propensities: np.ndarray,
+    y_hat: np.ndarray | None = None,
+    clip: float | None = None,
+    estimators: tuple[str, ...] = ESTIMATORS,
+    bootstrap: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
 ) -> dict[str, Estimate]:
     """IPS, SNIPS and (given `y_hat`, (N, K) predicted outcomes) DR estimates of E_pi[y], with intervals."""
     rho = importance_weights(target_probs, actions, propensities, clip)

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from barp_ray.objective import greedy_choice, reward, sample_preferences, w_grid
 from barp_ray.offpolicy.estimators import importance_weights, snips
 from barp_ray.offpolicy.logged import LoggedBandit
 from barp_ray.policy.model import preference_tensor
-from barp_ray.training.loop import ReinforceLearner, advantages, entropy_coefficient
-from barp_ray.training.reward import reward, sample_preferences
+from barp_ray.training.loop import advantages
+from barp_ray.training.optim import PolicyOptimizer
 
 
 @dataclass
@@ -51,66 +52,88 @@ class LoggedTensors:
         def t(a, dtype=torch.float32):
             return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
 
-        return cls(embeddings=t(data.embeddings), w_cost=t(data.w_cost), actions=t(data.actions, torch.long),
-                   propensities=t(data.propensities), scores=t(data.scores), costs=t(data.costs),
-                   predicted_scores=None if data.predicted_scores is None else t(data.predicted_scores),
-                   predicted_costs=None if data.predicted_costs is None else t(data.predicted_costs))
+        return cls(
+            embeddings=t(data.embeddings),
+            w_cost=t(data.w_cost),
+            actions=t(data.actions, torch.long),
+            propensities=t(data.propensities),
+            scores=t(data.scores),
+            costs=t(data.costs),
+            predicted_scores=None if data.predicted_scores is None else t(data.predicted_scores),
+            predicted_costs=None if data.predicted_costs is None else t(data.predicted_costs),
+        )
 
     def __len__(self) -> int:
         return self.actions.shape[0]
 
 
-class OffPolicyLearner(ReinforceLearner):
-    """REINFORCE with importance weights on logged rows, plus the on-policy learner's baseline and entropy
-    (optimizer, schedules, RNG and checkpoint state are the on-policy learner's)."""
+def offpolicy_step(
+    policy: nn.Module, opt: PolicyOptimizer, data: LoggedTensors, cfg, tau: float, batch_size: int
+) -> dict[str, float]:
+    """One importance-weighted REINFORCE step on a batch of logged rows (clipped IPS, SNIPS or DR)."""
+    n, device = batch_size, opt.device
+    idx = torch.randint(len(data), (n,), generator=opt.generator, device=device)
+    w_cost = sample_preferences(n, opt.generator, device) if cfg.resample_preferences else data.w_cost[idx]
+    log_probs = torch.log_softmax(policy(data.embeddings[idx], preference_tensor(w_cost)), dim=-1)
+    probs = log_probs.exp()
+    actions = data.actions[idx]
+    chosen_log_prob = log_probs.gather(1, actions.unsqueeze(1)).squeeze(1)
 
-    def step(self, data: LoggedTensors) -> dict[str, float]:  # type: ignore[override]
-        cfg, n = self.cfg, self.batch_size
-        idx = torch.randint(len(data), (n,), generator=self.generator, device=self.device)
-        if cfg.resample_preferences:
-            w_cost = sample_preferences(n, self.generator, self.device)
-        else:
-            w_cost = data.w_cost[idx]
-        log_probs = torch.log_softmax(self.policy(data.embeddings[idx], preference_tensor(w_cost)), dim=-1)
-        probs = log_probs.exp()
-        actions = data.actions[idx]
-        chosen_log_prob = log_probs.gather(1, actions.unsqueeze(1)).squeeze(1)
-
-        rho = (chosen_log_prob.detach().exp() / data.propensities[idx]).clamp(max=cfg.clip)
-        if cfg.weighting == "snips":
-            rho = rho / rho.mean().clamp(min=1e-8)
-        r = reward(data.scores[idx], data.costs[idx], w_cost, self.tau)
-        entropy = -(probs * log_probs).sum(dim=-1).mean()
-        beta = entropy_coefficient(cfg, self.step_count)
-        if cfg.weighting == "dr":
-            if data.predicted_scores is None:
-                raise ValueError("weighting=dr needs the reward model's predictions (load_training_rows adds them)")
-            r_hat = reward(data.predicted_scores[idx], data.predicted_costs[idx], w_cost.unsqueeze(1), self.tau)
-            correction = rho * (r - r_hat.gather(1, actions.unsqueeze(1)).squeeze(1))
-            objective = (probs * r_hat).sum(dim=-1) + correction.detach() * chosen_log_prob
-            loss = -objective.mean() - beta * entropy
-        else:
-            advantage = advantages(r.unsqueeze(1), w_cost, cfg.baseline_bins, cfg.normalize_advantage).squeeze(1)
-            loss = -(rho * advantage.detach() * chosen_log_prob).mean() - beta * entropy
-        self.apply(loss)
-        return {"loss": loss.item(), "logged_reward": r.mean().item(), "entropy": entropy.item(), "beta": beta,
-                "weight_mean": rho.mean().item(), "weight_max": rho.max().item()}
+    rho = (chosen_log_prob.detach().exp() / data.propensities[idx]).clamp(max=cfg.clip)
+    if cfg.weighting == "snips":
+        rho = rho / rho.mean().clamp(min=1e-8)
+    r = reward(data.scores[idx], data.costs[idx], w_cost, tau)
+    entropy = -(probs * log_probs).sum(dim=-1).mean()
+    beta = opt.beta
+    if cfg.weighting == "dr":
+        if data.predicted_scores is None:
+            raise ValueError("weighting=dr needs the reward model's predictions (load_training_rows adds them)")
+        r_hat = reward(data.predicted_scores[idx], data.predicted_costs[idx], w_cost.unsqueeze(1), tau)
+        correction = rho * (r - r_hat.gather(1, actions.unsqueeze(1)).squeeze(1))
+        objective = (probs * r_hat).sum(dim=-1) + correction.detach() * chosen_log_prob
+        loss = -objective.mean() - beta * entropy
+    else:
+        advantage = advantages(r.unsqueeze(1), w_cost, cfg.baseline_bins, cfg.normalize_advantage).squeeze(1)
+        loss = -(rho * advantage.detach() * chosen_log_prob).mean() - beta * entropy
+    opt.apply(loss)
+    return {
+        "loss": loss.item(),
+        "logged_reward": r.mean().item(),
+        "entropy": entropy.item(),
+        "beta": beta,
+        "weight_mean": rho.mean().item(),
+        "weight_max": rho.max().item(),
+    }
 
 
-@torch.no_grad()
+class OffPolicyLearner:
+    """Importance-weighted REINFORCE on logged rows: a `PolicyOptimizer` (shared with the on-policy learner:
+    optimiser, schedules, RNG, checkpoint state) plus `offpolicy_step`."""
+
+    def __init__(self, policy: nn.Module, cfg, tau: float, batch_size: int, seed: int) -> None:
+        self.policy, self.cfg, self.tau, self.batch_size = policy, cfg, tau, batch_size
+        self.optim = PolicyOptimizer(policy, cfg, seed)
+
+    @property
+    def step_count(self) -> int:
+        return self.optim.step_count
+
+    def step(self, data: LoggedTensors) -> dict[str, float]:
+        return offpolicy_step(self.policy, self.optim, data, self.cfg, self.tau, self.batch_size)
+
+    def state_dict(self) -> dict:
+        return self.optim.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optim.load_state_dict(state)
+
+
 def greedy_probs(policy: nn.Module, embeddings: torch.Tensor, w_cost: float | np.ndarray) -> np.ndarray:
     """One-hot (N, K) of the policy's argmax at preference w_c (one value, or one per row): the served
-    (greedy) rule as probabilities."""
-    was_training = policy.training
-    policy.eval()
-    if np.ndim(w_cost) == 0:
-        w = preference_tensor(float(w_cost), embeddings.shape[0], device=embeddings.device)
-    else:
-        w = preference_tensor(torch.tensor(np.asarray(w_cost), dtype=torch.float32, device=embeddings.device))
-    logits = policy(embeddings, w)
-    policy.train(was_training)
-    choice = logits.argmax(dim=-1).cpu().numpy()
-    out = np.zeros(tuple(logits.shape), dtype=np.float64)
+    (greedy) rule (`barp_ray.objective.greedy_choice`) as probabilities."""
+    choice = greedy_choice(policy, embeddings, w_cost).cpu().numpy()
+    k = int(getattr(getattr(policy, "spec", None), "num_models", 0)) or int(choice.max()) + 1
+    out = np.zeros((len(choice), k), dtype=np.float64)
     out[np.arange(len(choice)), choice] = 1.0
     return out
 
@@ -125,11 +148,16 @@ def heldout_metrics(policy: nn.Module, data: LoggedTensors, tau: float, grid_poi
     q = data.scores.cpu().numpy().astype(np.float64)
     c = data.costs.cpu().numpy().astype(np.float64)
     rewards, scores, costs = [], [], []
-    for wc in np.linspace(0.0, 1.0, grid_points):
+    for wc in w_grid(grid_points):
         rho = importance_weights(greedy_probs(policy, data.embeddings, wc), actions, mu)
         rewards.append(snips(reward(q, c, wc, tau), rho))
         if wc in (0.0, 1.0):
             scores.append(snips(q, rho))
             costs.append(snips(c, rho))
-    return {"val_ope_reward": float(np.nanmean(rewards)), "val_ope_score_wc0": scores[0],
-            "val_ope_cost_wc0": costs[0], "val_ope_score_wc1": scores[1], "val_ope_cost_wc1": costs[1]}
+    return {
+        "val_ope_reward": float(np.nanmean(rewards)),
+        "val_ope_score_wc0": scores[0],
+        "val_ope_cost_wc0": costs[0],
+        "val_ope_score_wc1": scores[1],
+        "val_ope_cost_wc1": costs[1],
+    }

@@ -44,14 +44,21 @@ class LogReadReport:
     policy_versions: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"decisions": self.decisions, "kept": self.kept, "dropped": dict(self.dropped),
-                "defaulted_feedback": self.defaulted_feedback, "encoded_prompts": self.encoded_prompts,
-                "policy_versions": dict(self.policy_versions)}
+        return {
+            "decisions": self.decisions,
+            "kept": self.kept,
+            "dropped": dict(self.dropped),
+            "defaulted_feedback": self.defaulted_feedback,
+            "encoded_prompts": self.encoded_prompts,
+            "policy_versions": dict(self.policy_versions),
+        }
 
     def summary(self) -> str:
         drops = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
-        return (f"{self.kept} of {self.decisions} logged decisions usable (dropped: {drops}; "
-                f"feedback defaulted: {self.defaulted_feedback}; prompts encoded: {self.encoded_prompts})")
+        return (
+            f"{self.kept} of {self.decisions} logged decisions usable (dropped: {drops}; "
+            f"feedback defaulted: {self.defaulted_feedback}; prompts encoded: {self.encoded_prompts})"
+        )
 
 
 @dataclass
@@ -85,15 +92,25 @@ class LoggedBandit:
 
     def take(self, index: np.ndarray) -> LoggedBandit:
         index = np.asarray(index)
-        names = ("embeddings", "w_cost", "actions", "propensities", "scores", "costs", "prompt_hashes",
-                 "policy_versions", "predicted_scores", "predicted_costs")
+        names = (
+            "embeddings",
+            "w_cost",
+            "actions",
+            "propensities",
+            "scores",
+            "costs",
+            "prompt_hashes",
+            "policy_versions",
+            "predicted_scores",
+            "predicted_costs",
+        )
         return replace(self, **{k: getattr(self, k)[index] for k in names if getattr(self, k) is not None})
 
     def split_by_prompt(self, fraction: float, seed: int = 0) -> tuple[LoggedBandit, LoggedBandit]:
         """(rest, held-out): about `fraction` of the distinct prompts go to held-out, all of their rows."""
         unique = np.unique(self.prompt_hashes)
         rng = np.random.default_rng(seed)
-        held = set(rng.choice(unique, size=int(round(fraction * len(unique))), replace=False).tolist())
+        held = set(rng.choice(unique, size=round(fraction * len(unique)), replace=False).tolist())
         mask = np.array([h in held for h in self.prompt_hashes], dtype=bool)
         return self.take(np.flatnonzero(~mask)), self.take(np.flatnonzero(mask))
 
@@ -116,24 +133,41 @@ class LoggedBandit:
             if value is not None:
                 flat = pa.array(np.asarray(value, np.float64).reshape(-1), type=pa.float64())
                 cols[name] = pa.FixedSizeListArray.from_arrays(flat, value.shape[1])
-        meta = {b"barp.models": "\n".join(self.models).encode(), b"barp.tau": str(self.tau or "").encode(),
-                b"barp.encoder": (self.encoder or "").encode()}
+        meta = {
+            b"barp.models": "\n".join(self.models).encode(),
+            b"barp.tau": str(self.tau or "").encode(),
+            b"barp.encoder": (self.encoder or "").encode(),
+        }
         return pa.table(cols).replace_schema_metadata(meta)
 
     @classmethod
-    def from_columns(cls, cols: dict, models: list[str], tau: float | None = None,
-                     encoder: str | None = None) -> LoggedBandit:
+    def from_columns(
+        cls, cols: dict, models: list[str], tau: float | None = None, encoder: str | None = None
+    ) -> LoggedBandit:
         """From numpy columns named as in `to_arrow` (what a Ray Data batch gives)."""
-        emb = np.stack([np.asarray(e, dtype=np.float32) for e in cols[EMBEDDING]]) if len(cols[EMBEDDING]) else \
-            np.zeros((0, 0), np.float32)
-        return cls(models=list(models), embeddings=emb, w_cost=np.asarray(cols["w_cost"], np.float64),
-                   actions=np.asarray(cols["action"], np.int64),
-                   propensities=np.asarray(cols["propensity"], np.float64),
-                   scores=np.asarray(cols["score"], np.float64), costs=np.asarray(cols["cost"], np.float64),
-                   prompt_hashes=np.asarray(cols["prompt_hash"], dtype=object),
-                   policy_versions=np.asarray(cols["policy_version"], dtype=object), tau=tau, encoder=encoder,
-                   **{k: np.stack([np.asarray(v, np.float64) for v in cols[k]])
-                      for k in ("predicted_scores", "predicted_costs") if k in cols})
+        emb = (
+            np.stack([np.asarray(e, dtype=np.float32) for e in cols[EMBEDDING]])
+            if len(cols[EMBEDDING])
+            else np.zeros((0, 0), np.float32)
+        )
+        return cls(
+            models=list(models),
+            embeddings=emb,
+            w_cost=np.asarray(cols["w_cost"], np.float64),
+            actions=np.asarray(cols["action"], np.int64),
+            propensities=np.asarray(cols["propensity"], np.float64),
+            scores=np.asarray(cols["score"], np.float64),
+            costs=np.asarray(cols["cost"], np.float64),
+            prompt_hashes=np.asarray(cols["prompt_hash"], dtype=object),
+            policy_versions=np.asarray(cols["policy_version"], dtype=object),
+            tau=tau,
+            encoder=encoder,
+            **{
+                k: np.stack([np.asarray(v, np.float64) for v in cols[k]])
+                for k in ("predicted_scores", "predicted_costs")
+                if k in cols
+            },
+        )
 
 
 def check_propensities(propensities: np.ndarray, decision_ids=None) -> None:
@@ -196,8 +230,10 @@ def read_logged_bandit(
     served = frame["served_model"].astype(object).to_numpy()
     drop_where(status == "route_only", "route_only (no answer served)")
     drop_where(np.isin(status, ["upstream_failed", "stream_error"]), "no answer (upstream failed)")
-    drop_where(np.array([s is None or s != c for s, c in zip(served, chosen, strict=True)]),
-               "answered by a fallback model (its propensity is not logged)")
+    drop_where(
+        np.array([s is None or s != c for s, c in zip(served, chosen, strict=True)]),
+        "answered by a fallback model (its propensity is not logged)",
+    )
     drop_where(~np.isin(chosen, list(index_of)), "chosen model not in `models`")
     drop_where(frame["exploration"].astype(str).to_numpy() == "forced", "model forced by the caller")
     if prompt_hashes is not None:
@@ -228,12 +264,18 @@ def read_logged_bandit(
     report.policy_versions = {str(k): int(v) for k, v in rows["policy_version"].value_counts().items()}
     log.info("decision log %s: %s", log_uri, report.summary())
     return LoggedBandit(
-        models=models, embeddings=emb, w_cost=rows["w_cost"].to_numpy(dtype=np.float64),
+        models=models,
+        embeddings=emb,
+        w_cost=rows["w_cost"].to_numpy(dtype=np.float64),
         actions=np.array([index_of[m] for m in rows["chosen_model"]], dtype=np.int64),
-        propensities=rows["propensity"].to_numpy(dtype=np.float64), scores=score[keep],
-        costs=cost[keep], prompt_hashes=hashes.astype(object),
+        propensities=rows["propensity"].to_numpy(dtype=np.float64),
+        scores=score[keep],
+        costs=cost[keep],
+        prompt_hashes=hashes.astype(object),
         policy_versions=rows["policy_version"].astype(str).to_numpy().astype(object),
-        tau=float(tau) if tau else None, encoder=encoder, report=report,
+        tau=float(tau) if tau else None,
+        encoder=encoder,
+        report=report,
     )
 
 
@@ -259,8 +301,9 @@ def _embeddings(rows, hashes: np.ndarray, embeddings_from, encoder: str | None) 
         if table.embeddings is None:
             raise ValueError(f"embeddings_from: {where} has no embeddings; run `barp embed` on it")
         if encoder and table.encoder and table.encoder != encoder:
-            raise ValueError(f"embeddings_from: {where} was embedded with {table.encoder!r}, the logged "
-                             f"policy uses {encoder!r}")
+            raise ValueError(
+                f"embeddings_from: {where} was embedded with {table.encoder!r}, the logged policy uses {encoder!r}"
+            )
         wanted = set(hashes.tolist())
         for h, e in zip(table.content_hashes, table.embeddings, strict=True):
             if h in wanted:

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from barp_ray.objective import reward
 from barp_ray.offpolicy.config import OPEConfig, read_source
 from barp_ray.offpolicy.estimators import Estimate, bootstrap_interval, estimate_all, importance_weights, statistic
 from barp_ray.offpolicy.learner import greedy_probs
 from barp_ray.offpolicy.logged import LoggedBandit
 from barp_ray.offpolicy.reward_model import FullInformationRewardModel, cross_fitted_predictions
 from barp_ray.policy.checkpoint import load_policy
-from barp_ray.training.reward import reward
 
 log = logging.getLogger(__name__)
 QUANTITIES = ("score", "cost", "reward")
@@ -69,38 +69,59 @@ def run_ope(cfg: OPEConfig) -> dict:
     if cfg.baseline:
         baseline = load_policy(cfg.baseline)
         if list(baseline.spec.models) != list(spec.models):
-            raise ValueError(f"baseline: {cfg.baseline} routes over {baseline.spec.models}, the candidate over "
-                             f"{spec.models}; OPE compares policies over the same models")
+            raise ValueError(
+                f"baseline: {cfg.baseline} routes over {baseline.spec.models}, the candidate over "
+                f"{spec.models}; OPE compares policies over the same models"
+            )
         policies["baseline"] = baseline
 
     def est(y, y_hat, target) -> dict[str, Estimate]:
-        return estimate_all(y, target, rows.actions, rows.propensities, y_hat, cfg.clip, estimators, cfg.bootstrap,
-                            cfg.alpha, cfg.seed)
+        return estimate_all(
+            y, target, rows.actions, rows.propensities, y_hat, cfg.clip, estimators, cfg.bootstrap, cfg.alpha, cfg.seed
+        )
 
     targets = {(name, w): greedy_probs(policy, emb, w) for name, policy in policies.items() for w in cfg.w_grid}
     at_w = {w: outcomes(rows, w, tau, predicted) for w in cfg.w_grid}
     grid: dict[str, dict] = {}
     for name in policies:
-        grid[name] = {f"{w:g}": {qty: {e: v.to_dict() for e, v in est(y, y_hat, targets[name, w]).items()}
-                                 for qty, (y, y_hat) in at_w[w].items()} for w in cfg.w_grid}
+        grid[name] = {
+            f"{w:g}": {
+                qty: {e: v.to_dict() for e, v in est(y, y_hat, targets[name, w]).items()}
+                for qty, (y, y_hat) in at_w[w].items()
+            }
+            for w in cfg.w_grid
+        }
 
     # at the callers' own preferences: candidate (estimated) vs the logging rule (observed)
     y, y_hat = outcomes(rows, rows.w_cost, tau, predicted)["reward"]
     target = greedy_probs(candidate, emb, rows.w_cost)
     logged = {"reward": float(y.mean()), "score": float(rows.scores.mean()), "cost": float(rows.costs.mean())}
     cand = {e: v.to_dict() for e, v in est(y, y_hat, target).items()}
-    comparison = {"estimator": primary, "logging_reward": logged["reward"], "candidate": cand,
-                  **paired(primary, y, target, y_hat, rows, None, cfg)}
+    comparison = {
+        "estimator": primary,
+        "logging_reward": logged["reward"],
+        "candidate": cand,
+        **paired(primary, y, target, y_hat, rows, None, cfg),
+    }
     baseline_cmp = {}
     if "baseline" in policies:
         for w in cfg.w_grid:
             y_w, y_hat_w = at_w[w]["reward"]
-            baseline_cmp[f"{w:g}"] = paired(primary, y_w, targets["candidate", w], y_hat_w, rows,
-                                            (targets["baseline", w], y_w, y_hat_w), cfg)
+            baseline_cmp[f"{w:g}"] = paired(
+                primary, y_w, targets["candidate", w], y_hat_w, rows, (targets["baseline", w], y_w, y_hat_w), cfg
+            )
     results = {
-        "config": cfg.model_dump(mode="json"), "tau": tau, "rows": len(rows), "log_report": rows.report.to_dict(),
-        "models": rows.models, "logging_policy": logged, "grid": grid, "vs_logging": comparison,
-        "vs_baseline": baseline_cmp, "primary_estimator": primary, "seconds": round(time.perf_counter() - started, 1),
+        "config": cfg.model_dump(mode="json"),
+        "tau": tau,
+        "rows": len(rows),
+        "log_report": rows.report.to_dict(),
+        "models": rows.models,
+        "logging_policy": logged,
+        "grid": grid,
+        "vs_logging": comparison,
+        "vs_baseline": baseline_cmp,
+        "primary_estimator": primary,
+        "seconds": round(time.perf_counter() - started, 1),
     }
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,23 +150,30 @@ def paired(primary: str, y, target, y_hat, rows: LoggedBandit, other, cfg: OPECo
 
 def markdown(r: dict) -> str:
     c = r["config"]
-    level = int(round(100 * (1 - c["alpha"])))
+    level = round(100 * (1 - c["alpha"]))
     cmp = r["vs_logging"]
     lines = [
-        "# Off-policy evaluation", "",
+        "# Off-policy evaluation",
+        "",
         f"candidate `{c['candidate']}` on the decision log `{c['source']['logs']}`: {r['rows']} usable rows "
         f"({r['log_report']['decisions']} logged; dropped {r['log_report']['dropped'] or 'none'}). "
         f"tau ${r['tau']:.4g}; {c['bootstrap']} bootstrap resamples, {level}% intervals; DR reward model: "
-        f"{c['reward_model']}.", "",
-        "## Against the logging policy, at the callers' own preferences", "",
+        f"{c['reward_model']}.",
+        "",
+        "## Against the logging policy, at the callers' own preferences",
+        "",
         f"Logged mean reward {cmp['logging_reward']:.4f}; candidate ({cmp['estimator']}) "
         f"{cmp['candidate'][cmp['estimator']]['value']:.4f}. Difference {cmp['difference']:+.4f} "
-        f"[{cmp['low']:+.4f}, {cmp['high']:+.4f}]: **{cmp['verdict']}**.", "",
+        f"[{cmp['low']:+.4f}, {cmp['high']:+.4f}]: **{cmp['verdict']}**.",
+        "",
     ]
     for name, by_w in r["grid"].items():
-        lines += [f"## {name}: greedy routing at fixed preferences", "",
-                  "| w_c | quantity | " + " | ".join(f"{e} [{level}% CI]" for e in c["estimators"]) + " |",
-                  "| --- | --- | " + " | ".join("---" for _ in c["estimators"]) + " |"]
+        lines += [
+            f"## {name}: greedy routing at fixed preferences",
+            "",
+            "| w_c | quantity | " + " | ".join(f"{e} [{level}% CI]" for e in c["estimators"]) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in c["estimators"]) + " |",
+        ]
         for w, qty in by_w.items():
             for q in QUANTITIES:
                 cells = []
@@ -155,8 +183,12 @@ def markdown(r: dict) -> str:
                 lines.append(f"| {w} | {q} | " + " | ".join(cells) + " |")
         lines.append("")
     if r["vs_baseline"]:
-        lines += ["## Candidate vs baseline (paired, reward)", "", "| w_c | difference | interval | verdict |",
-                  "| --- | ---: | --- | --- |"]
+        lines += [
+            "## Candidate vs baseline (paired, reward)",
+            "",
+            "| w_c | difference | interval | verdict |",
+            "| --- | ---: | --- | --- |",
+        ]
         for w, d in r["vs_baseline"].items():
             lines.append(f"| {w} | {d['difference']:+.4f} | [{d['low']:+.4f}, {d['high']:+.4f}] | {d['verdict']} |")
     return "\n".join(lines) + "\n"

@@ -86,7 +86,7 @@ class FullInformationRewardModel:
     def __init__(self, data: str, models: list[str], seed: int = 0) -> None:
         from barp_ray.data.shards import read_shards
         from barp_ray.evaluation.routers import OfflineMLPRouter
-        from barp_ray.training.reward import derive_tau
+        from barp_ray.objective import derive_tau
 
         table = read_shards(data).where_split("train")
         if list(table.models) != list(models):
@@ -103,9 +103,15 @@ class FullInformationRewardModel:
 
         n = len(embeddings)
         k = len(self.models)
-        probe = RoutingTable(prompt_ids=np.arange(n).astype(str), prompts=[""] * n, tasks=np.full(n, ""),
-                             models=self.models, scores=np.zeros((n, k)), costs=np.zeros((n, k)),
-                             embeddings=np.asarray(embeddings, np.float32))
+        probe = RoutingTable(
+            prompt_ids=np.arange(n).astype(str),
+            prompts=[""] * n,
+            tasks=np.full(n, ""),
+            models=self.models,
+            scores=np.zeros((n, k)),
+            costs=np.zeros((n, k)),
+            embeddings=np.asarray(embeddings, np.float32),
+        )
         return self.router.predict(probe)
 
 
@@ -113,5 +119,10 @@ def _reorder(table, models: list[str]):
     from dataclasses import replace
 
     order = [list(table.models).index(m) for m in models]
-    return replace(table, models=list(models), scores=table.scores[:, order], costs=table.costs[:, order],
-                   responses=None if table.responses is None else table.responses[:, order])
+    return replace(
+        table,
+        models=list(models),
+        scores=table.scores[:, order],
+        costs=table.costs[:, order],
+        responses=None if table.responses is None else table.responses[:, order],
+    )

@@ -46,10 +46,10 @@ def offpolicy_loop_per_worker(loop_config: dict) -> None:
     models, encoder, tau = loop_config["models"], loop_config["encoder"], loop_config["tau"]
     rank, world, device = worker_setup(cfg)
 
-    train = LoggedTensors.from_logged(_shard_to_logged(ray.train.get_dataset_shard("train"), models, tau, encoder),
-                                      device)
-    val = LoggedTensors.from_logged(_shard_to_logged(ray.train.get_dataset_shard("val"), models, tau, encoder),
-                                    device)
+    train = LoggedTensors.from_logged(
+        _shard_to_logged(ray.train.get_dataset_shard("train"), models, tau, encoder), device
+    )
+    val = LoggedTensors.from_logged(_shard_to_logged(ray.train.get_dataset_shard("val"), models, tau, encoder), device)
     spec = policy_spec(cfg, models, tau, encoder, train.embeddings.shape[1])
     policy = BarpPolicy(spec).to(device)
     if cfg.init_policy:
@@ -57,8 +57,15 @@ def offpolicy_loop_per_worker(loop_config: dict) -> None:
     model = ray.train.torch.prepare_model(policy)
     per_worker_batch = max(2, cfg.batch_size // world)
     learner = OffPolicyLearner(model, cfg, tau, per_worker_batch, seed=cfg.seed + 1000 * rank)
-    run_epochs(cfg, policy, learner, train, rank, world * per_worker_batch,
-               lambda: heldout_metrics(policy, val, tau, cfg.val_grid_points))
+    run_epochs(
+        cfg,
+        policy,
+        learner,
+        train,
+        rank,
+        world * per_worker_batch,
+        lambda: heldout_metrics(policy, val, tau, cfg.val_grid_points),
+    )
 
 
 def load_training_rows(cfg: OffPolicyTrainConfig) -> tuple[LoggedBandit, LoggedBandit, dict]:
@@ -80,8 +87,14 @@ def load_training_rows(cfg: OffPolicyTrainConfig) -> tuple[LoggedBandit, LoggedB
     train, val = rows.split_by_prompt(cfg.val_fraction, seed=cfg.seed)
     if len(val) == 0 or len(train) == 0:
         raise ValueError(f"val_fraction={cfg.val_fraction} leaves an empty split of {len(rows)} logged rows")
-    context = {"models": rows.models, "encoder": rows.encoder, "tau": float(tau), "report": rows.report.to_dict(),
-               "train_rows": len(train), "val_rows": len(val)}
+    context = {
+        "models": rows.models,
+        "encoder": rows.encoder,
+        "tau": float(tau),
+        "report": rows.report.to_dict(),
+        "train_rows": len(train),
+        "val_rows": len(val),
+    }
     return train, val, context
 
 
@@ -95,10 +108,13 @@ def build_offpolicy_trainer(cfg: OffPolicyTrainConfig, callbacks: list | None = 
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         offpolicy_loop_per_worker,
-        train_loop_config={"train_config": cfg.model_dump(), "models": context["models"],
-                           "encoder": context["encoder"], "tau": context["tau"]},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources),
+        train_loop_config={
+            "train_config": cfg.model_dump(),
+            "models": context["models"],
+            "encoder": context["encoder"],
+            "tau": context["tau"],
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=run_config(cfg, callbacks, select_metric=SELECT_METRIC),
         datasets={"train": ray.data.from_arrow(train.to_arrow()), "val": ray.data.from_arrow(val.to_arrow())},
         dataset_config=DataConfig(datasets_to_split=["train"]),

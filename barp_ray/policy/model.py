@@ -106,3 +106,27 @@ def preference_tensor(
     if bool(((wc < 0) | (wc > 1)).any()):
         raise ValueError("preference w_cost must lie in [0, 1] (w_quality = 1 - w_cost)")
     return torch.stack([1.0 - wc, wc], dim=-1)
+
+
+class PolicyEnsemble(nn.Module):
+    """Mean logits of K policies trained on the same models (e.g. K seeds): argmax of the averaged logits.
+
+    Exposes the members' `spec` so it routes wherever a `BarpPolicy` does (evaluation, greedy curves).
+    """
+
+    def __init__(self, policies: list[BarpPolicy]) -> None:
+        super().__init__()
+        if not policies:
+            raise ValueError("an ensemble needs at least one policy")
+        models = policies[0].spec.models
+        if any(p.spec.models != models for p in policies):
+            raise ValueError("every ensemble member must route over the same models, in the same order")
+        self.members = nn.ModuleList(policies)
+        self.spec = policies[0].spec
+
+    def forward(self, embedding: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(embedding, w) for m in self.members]).mean(dim=0)
+
+    @torch.no_grad()
+    def act(self, embedding: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.forward(embedding, w).argmax(dim=-1)

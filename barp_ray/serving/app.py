@@ -51,16 +51,19 @@ def build_app(args: dict | ServeAppConfig | None = None) -> Application:
     for u in cfg.upstreams:
         cls, settings = (ReplayUpstream, u.replay) if u.kind == "replay" else (OpenAIUpstream, u.openai)
         handles[u.model] = cls.options(
-            name=deployment_name(u.model), num_replicas=u.num_replicas, max_ongoing_requests=u.max_ongoing_requests,
+            name=deployment_name(u.model),
+            num_replicas=u.num_replicas,
+            max_ongoing_requests=u.max_ongoing_requests,
             ray_actor_options={"num_cpus": u.num_cpus},
         ).bind(u.model, settings.model_dump(mode="json"))
     r = cfg.router
     router = BarpRouter.options(
         name=ROUTER_DEPLOYMENT,
         autoscaling_config=r.autoscaling_config(),
-        max_ongoing_requests=r.max_ongoing_requests,
-        ray_actor_options={"num_cpus": r.num_cpus},
-        graceful_shutdown_timeout_s=r.graceful_shutdown_timeout_s,
+        max_ongoing_requests=r.serve_max_ongoing_requests(),  # the replica answers overload 503s itself
+        max_queued_requests=r.max_queued_requests,
+        ray_actor_options={"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
+        graceful_shutdown_timeout_s=cfg.shutdown_timeout_s(),  # covers the stream deadline + the final flush
         health_check_period_s=r.health_check_period_s,
         # the policy rollout channel: a Serve config that changes only this (`barp rollout`, or a
         # `deployments: [{name: BarpRouter, user_config: {policy: ...}}]` entry) reconfigures the running

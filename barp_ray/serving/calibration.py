@@ -65,15 +65,19 @@ class Calibration:
         d["rows"] = [CalibrationRow(**r) for r in d["rows"]]
         return cls(**d)
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+    def save(self, path: str | Path) -> str | Path:
+        """Write the JSON atomically to a local path or an s3:// / gs:// URI (barp_ray.storage)."""
+        from barp_ray import storage
+
+        storage.write_bytes_atomic(path, json.dumps(self.to_dict(), indent=2).encode())
+        return path if storage.is_uri(path) else Path(storage.absolute(path))
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A calibration JSON from a local path or an s3:// / gs:// URI."""
+        from barp_ray import storage
+
+        return cls.from_dict(json.loads(storage.read_bytes(path)))
 
     def markdown(self, chosen: CalibrationRow | None = None, every: int = 1) -> str:
         lines = [
@@ -89,13 +93,16 @@ class Calibration:
 
 
 def calibrate(
-    policy, embeddings: np.ndarray, scores: np.ndarray, costs: np.ndarray, models: list[str],
-    grid_points: int = 101, largest: str | None = None,
+    policy,
+    embeddings: np.ndarray,
+    scores: np.ndarray,
+    costs: np.ndarray,
+    models: list[str],
+    grid_points: int = 101,
+    largest: str | None = None,
 ) -> Calibration:
     """The cost-quality table of greedy routing with `policy` (a BarpPolicy) over a w_c grid."""
-    import torch
-
-    from barp_ray.policy.model import preference_tensor
+    from barp_ray.objective import greedy_curve, largest_model, w_grid
 
     if list(models) != list(policy.spec.models):
         raise ValueError(f"data models {models} differ from the policy's {policy.spec.models}")
@@ -103,33 +110,37 @@ def calibrate(
         raise ValueError("no validation prompts to calibrate on")
     scores = np.asarray(scores, dtype=np.float64)
     costs = np.asarray(costs, dtype=np.float64)
-    if largest is None:
-        from barp_ray.evaluation.evaluate import LARGEST_MODEL
-
-        largest = LARGEST_MODEL if LARGEST_MODEL in models else models[int(np.argmax(costs.mean(axis=0)))]
-    big = models.index(largest)
-    emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
-    rows = []
-    idx = np.arange(len(emb))
-    with torch.inference_mode():
-        for wc in np.linspace(0.0, 1.0, grid_points):
-            choice = policy(emb, preference_tensor(float(wc), len(emb))).argmax(dim=-1).numpy()
-            rows.append(
-                CalibrationRow(
-                    w_cost=round(float(wc), 6), mean_cost=float(costs[idx, choice].mean()),
-                    mean_score=float(scores[idx, choice].mean()), largest_share=float((choice == big).mean()),
-                )
-            )
+    largest = largest or largest_model(models, costs)
+    curve = greedy_curve(
+        policy,
+        np.asarray(embeddings),
+        scores,
+        costs,
+        w_grid(grid_points),
+        policy.spec.tau,
+        largest_index=list(models).index(largest),
+    )
+    rows = [
+        CalibrationRow(w_cost=round(float(wc), 6), mean_cost=float(c), mean_score=float(s), largest_share=float(b))
+        for wc, c, s, b in zip(curve.w_cost, curve.cost, curve.score, curve.largest_share, strict=True)
+    ]
     return Calibration(
-        models=list(models), largest_model=largest, rows=rows,
+        models=list(models),
+        largest_model=largest,
+        rows=rows,
         model_mean_cost={m: float(c) for m, c in zip(models, costs.mean(axis=0), strict=True)},
         model_mean_score={m: float(s) for m, s in zip(models, scores.mean(axis=0), strict=True)},
-        num_prompts=int(len(emb)), split="",
+        num_prompts=len(scores),
+        split="",
     )
 
 
 def calibrate_from_shards(
-    policy_location: str, data: str, split: str = "val", grid_points: int = 101, policy=None,
+    policy_location: str,
+    data: str,
+    split: str = "val",
+    grid_points: int = 101,
+    policy=None,
 ) -> Calibration:
     """Calibrate a checkpoint on a prepared + embedded shard folder (`barp prepare` + `barp embed`)."""
     from barp_ray.data.shards import read_shards
@@ -152,13 +163,18 @@ def calibrate_from_shards(
 
 
 def load_calibration(location: str, policy_location: str, grid_points: int = 101, policy=None) -> Calibration:
-    """A calibration JSON file, or a shard folder calibrated now (its `val` split, else all rows)."""
-    path = Path(location)
-    if path.is_dir():
+    """A calibration JSON file, or a shard folder calibrated now (its `val` split, else all rows); local paths
+    and s3:// / gs:// URIs alike (barp_ray.storage)."""
+    import pyarrow.fs as pafs
+
+    from barp_ray import storage
+
+    fs, path = storage.resolve(location)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
         try:
             return calibrate_from_shards(policy_location, location, "val", grid_points, policy)
         except ValueError as exc:
             if "no rows in split" not in str(exc):
                 raise
             return calibrate_from_shards(policy_location, location, "all", grid_points, policy)
-    return Calibration.load(path)
+    return Calibration.load(location)

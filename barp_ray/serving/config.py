@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from barp_ray.config import JobConfig
+from barp_ray.serving.engine import EncodingConfig
 
 
 class _Strict(BaseModel):
@@ -36,7 +37,7 @@ class Preference(_Strict):
     def _on_simplex(self) -> Preference:
         q, c = self.quality, self.cost
         if q is None and c is None:
-            raise ValueError("give quality and/or cost, e.g. {\"quality\": 0.7, \"cost\": 0.3}")
+            raise ValueError('give quality and/or cost, e.g. {"quality": 0.7, "cost": 0.3}')
         for name, value in (("quality", q), ("cost", c)):
             if value is None:
                 continue
@@ -87,6 +88,7 @@ class ReplaySettings(_Strict):
     latency_s: float = Field(default=0.0, ge=0, description="simulated latency before answering")
     stream_chunk_chars: int = Field(default=16, ge=1, description="characters per streamed chunk")
     stream_delay_s: float = Field(default=0.0, ge=0, description="pause between streamed chunks")
+    allow_pickle: bool = Field(default=False, description="read .pkl replay data (runs code from the file)")
 
 
 class OpenAISettings(_Strict):
@@ -95,14 +97,33 @@ class OpenAISettings(_Strict):
     base_url: str = Field(description="e.g. http://127.0.0.1:8001/v1 or https://api.openai.com/v1")
     model_name: str | None = Field(default=None, description="model name the endpoint knows (default: model)")
     api_key_env: str | None = Field(default="OPENAI_API_KEY", description="env var holding the API key")
-    timeout_s: float = Field(default=60.0, gt=0, description="HTTP timeout per attempt")
-    max_retries: int = Field(default=2, ge=0, description="retries on connection errors, 429 and 5xx")
-    retry_backoff_s: float = Field(default=0.5, ge=0, description="first retry delay, doubled each retry")
+    timeout_s: float = Field(default=60.0, gt=0, description="HTTP timeout per attempt (openai SDK)")
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        description="SDK retries on connection errors, 408, 409, 429 and "
+        "5xx: jittered exponential backoff (0.5 s doubling, at most 8 s) or the Retry-After",
+    )
+    retry_backoff_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="unused since the openai SDK makes the calls "
+        "(its backoff starts at 0.5 s); kept so that existing configs still load",
+    )
     usd_per_1k_input: float | None = Field(default=None, ge=0, description="price, for the cost of an answer")
     usd_per_1k_output: float | None = Field(default=None, ge=0)
     stream_usage: bool = Field(default=True, description="ask for usage in streams (stream_options)")
     extra_headers: dict[str, str] = Field(default_factory=dict)
     extra_body: dict = Field(default_factory=dict, description="merged into every request body")
+    deny_params: list[str] = Field(
+        default_factory=list,
+        description="request fields never forwarded to this upstream (every other field "
+        "of the client's request is, including ones the router does not know, e.g. top_k or reasoning_effort)",
+    )
+
+    def max_call_s(self) -> float:
+        """The longest one call can take inside the SDK: every attempt's timeout plus the backoff between them."""
+        return self.timeout_s * (self.max_retries + 1) + 8.0 * self.max_retries
 
 
 class UpstreamConfig(_Strict):
@@ -112,7 +133,20 @@ class UpstreamConfig(_Strict):
     kind: Literal["replay", "openai"] = "replay"
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     openai: OpenAISettings | None = None
-    timeout_s: float = Field(default=30.0, gt=0, description="router-side limit per attempt (and per chunk)")
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="router-side limit per attempt (for a stream: until its first chunk, and "
+        "between chunks); None: replay 30 s, openai the backend's timeout_s x attempts + backoff. An openai "
+        "upstream's value below its backend's timeout_s x (max_retries + 1) is refused (the router would cancel "
+        "answers the backend still waits for and pay for them again on another model)",
+    )
+    stream_deadline_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="total time a streamed answer may take, first chunk to last; "
+        "router.graceful_shutdown_timeout_s must cover it (a draining replica waits for its streams)",
+    )
     mean_cost_usd: float | None = Field(
         default=None, ge=0, description="expected cost per query; default: calibration or the upstream's own"
     )
@@ -124,7 +158,23 @@ class UpstreamConfig(_Strict):
     def _settings_for_kind(self) -> UpstreamConfig:
         if self.kind == "openai" and self.openai is None:
             raise ValueError(f"upstream {self.model!r}: kind 'openai' needs an `openai:` block with base_url")
+        if self.kind == "openai" and self.timeout_s is not None:
+            o = self.openai
+            needed = o.timeout_s * (o.max_retries + 1)
+            if self.timeout_s < needed:
+                raise ValueError(
+                    f"upstream {self.model!r}: timeout_s ({self.timeout_s:g}) < openai.timeout_s ({o.timeout_s:g}) x "
+                    f"attempts ({o.max_retries + 1}) = {needed:g}: the router would cut calls the backend still "
+                    f"waits for; raise timeout_s (>= {o.max_call_s():g} covers the backoff too), lower "
+                    "openai.timeout_s / max_retries, or leave timeout_s unset"
+                )
         return self
+
+    def attempt_timeout_s(self) -> float:
+        """The router's limit for one attempt at this upstream (see `timeout_s`)."""
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return self.openai.max_call_s() if self.kind == "openai" and self.openai is not None else 30.0
 
 
 # ---- router ---------------------------------------------------------------------------------------------
@@ -132,22 +182,63 @@ class RouterDeploymentConfig(_Strict):
     """Ray Serve options of the router deployment."""
 
     num_cpus: float = Field(default=0.5, gt=0)
+    num_gpus: float = Field(
+        default=0.0,
+        ge=0,
+        description="GPUs per replica; a replica Ray gives a GPU runs the encoder on CUDA (encoding.device: auto)",
+    )
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=2, ge=1)
     initial_replicas: int | None = Field(default=None, ge=0)
     target_ongoing_requests: float = Field(default=16, gt=0)
-    max_ongoing_requests: int = Field(default=256, ge=1, description="requests in flight per replica (they "
-                                      "wait on upstreams too); >= batching.max_batch_size * 8 avoids a Serve warning")
+    max_ongoing_requests: int = Field(
+        default=256,
+        ge=1,
+        description="requests in flight per replica (they "
+        "wait on upstreams too); >= batching.max_batch_size * 8 avoids a Serve warning",
+    )
+    max_queued_requests: int = Field(
+        default=256,
+        ge=0,
+        description="requests a replica holds waiting for one of its max_ongoing_requests "
+        "slots; past that it answers 503 (OpenAI-style body, Retry-After) at once instead of queueing. Serve "
+        "sends a replica up to max_ongoing + 2 * max_queued, and its proxy queues at most max_queued more "
+        "(Serve's own plain-text 503 beyond that)",
+    )
     upscale_delay_s: float = Field(default=10.0, ge=0)
     downscale_delay_s: float = Field(default=30.0, ge=0)
-    metrics_interval_s: float = Field(default=2.0, gt=0, description="how often replicas report load")
-    look_back_period_s: float = Field(default=10.0, gt=0)
-    graceful_shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    look_back_period_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="window of load averaged by the autoscaler (Serve: must exceed the "
+        "metrics push interval, 10 s by default; set RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S in "
+        "runtime_env.env_vars to change that, it replaces the deprecated metrics_interval_s)",
+    )
+    graceful_shutdown_timeout_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="how long a stopping replica may drain its requests (streams included) "
+        "and flush its decision log before Serve kills it; None: the longest upstream stream_deadline_s plus "
+        "decision_log.close_timeout_s. A smaller value is refused (decisions of cut streams would be lost)",
+    )
     health_check_period_s: float = Field(default=10.0, gt=0)
     torch_threads: int | None = Field(
-        default=None, ge=1, description="None: Ray's default (1 if fractional). Measured on 2 cores: 2 threads "
+        default=None,
+        ge=1,
+        description="None: Ray's default (1 if fractional). Measured on 2 cores: 2 threads "
         "in the replica's forward thread made one short-prompt forward 41 ms instead of 22 ms; keep 1 and scale "
-        "with replicas")
+        "with replicas",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data):
+        if isinstance(data, dict) and "metrics_interval_s" in data:
+            raise ValueError(
+                "router.metrics_interval_s was removed (deprecated in Ray 2.60): set the env var "
+                "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S in the app's runtime_env instead"
+            )
+        return data
 
     @model_validator(mode="after")
     def _bounds(self) -> RouterDeploymentConfig:
@@ -162,12 +253,16 @@ class RouterDeploymentConfig(_Strict):
             "target_ongoing_requests": self.target_ongoing_requests,
             "upscale_delay_s": self.upscale_delay_s,
             "downscale_delay_s": self.downscale_delay_s,
-            "metrics_interval_s": self.metrics_interval_s,
             "look_back_period_s": self.look_back_period_s,
         }
         if self.initial_replicas is not None:
             cfg["initial_replicas"] = self.initial_replicas
         return cfg
+
+    def serve_max_ongoing_requests(self) -> int:
+        """Serve's cap per replica: the working slots, the replica's own queue, and as many again that the
+        replica answers with an immediate 503 (so overload gets an OpenAI-style error, not a proxy queue)."""
+        return self.max_ongoing_requests + 2 * self.max_queued_requests
 
 
 class BatchingConfig(_Strict):
@@ -191,35 +286,99 @@ class ExplorationConfig(_Strict):
 
 
 class FallbackConfig(_Strict):
+    """Fallback to the next-ranked models, and the per-model circuit breaker (per router replica)."""
+
     max_fallbacks: int = Field(default=2, ge=0, description="next-ranked models tried after the chosen one")
+    breaker_failures: int = Field(
+        default=5,
+        ge=0,
+        description="consecutive failed attempts (429, 5xx, timeout, connection) after which a "
+        "model is skipped for breaker_cooldown_s; 0: no breaker",
+    )
+    breaker_cooldown_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="how long an open breaker skips its model; then one failure re-opens it, one success closes it",
+    )
 
 
 class AuthConfig(_Strict):
     """Bearer API keys. Keys come from an env var (comma separated) and/or a file (one per line)."""
 
     enabled: bool = True
-    api_keys_env: str | None = "BARP_API_KEYS"
-    api_keys_file: str | None = None
+    api_keys_env: str | None = Field(
+        default="BARP_API_KEYS",
+        description="env var with comma-separated keys "
+        "(on Kubernetes: from a Secret, see deploy/rayservice-router.yaml)",
+    )
+    api_keys_file: str | None = Field(default=None, description="file with one key per line (# comments)")
+
+
+class RateLimitConfig(_Strict):
+    """Optional per-API-key rate limits (a token bucket per key and replica; 429 with Retry-After past it).
+
+    The limit holds per router replica: the cluster-wide rate of a key is at most `requests_per_s` times
+    the number of router replicas.
+    """
+
+    enabled: bool = Field(default=False, description="off by default")
+    requests_per_s: float = Field(default=20.0, gt=0, description="sustained requests per second per key")
+    burst: int = Field(default=40, ge=1, description="requests a key may send at once above the rate")
+    per_key: dict[str, float] = Field(
+        default_factory=dict,
+        description="overrides: key id (sha256(key)[:16], as logged in key_hash) -> requests per second",
+    )
 
 
 class LimitsConfig(_Strict):
+    """Request limits, checked before any upstream call (a 4xx naming the field past them)."""
+
     max_prompt_chars: int = Field(default=32_000, ge=1, description="all message text together")
-    max_messages: int = Field(default=128, ge=1)
-    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_messages: int = Field(default=128, ge=1, description="messages per request")
+    max_body_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="request body, read streamed and cut at this size with or without Content-Length (413 past it)",
+    )
+    max_json_depth: int = Field(default=32, ge=2, description="nesting of the JSON body (400 past it)")
     max_comment_chars: int = Field(default=2_000, ge=0, description="feedback comment length")
 
 
 class DecisionLogConfig(_Strict):
     """Parquet decision log (local path or object-store URI); see barp_ray/serving/decision_log.py."""
 
-    enabled: bool = True
-    path: str = Field(default="runs/serve/decisions", description="local folder or s3:// gs:// URI")
+    enabled: bool = Field(default=True, description="off: no log, /v1/feedback and /v1/decisions answer 409")
+    path: str = Field(
+        default="runs/serve/decisions",
+        description="local folder or s3:// gs:// URI; shared "
+        "storage (object store or a shared volume) in a cluster, so every replica's rows survive it",
+    )
     flush_rows: int = Field(default=512, ge=1, description="flush when this many rows are buffered")
     flush_interval_s: float = Field(default=5.0, gt=0, description="... or this long after the first one")
-    max_buffer_rows: int = Field(default=20_000, ge=1, description="hard bound; oldest rows dropped beyond")
+    max_buffer_bytes: int = Field(
+        default=64 * 1024**2,
+        ge=1024,
+        description="bound of the in-memory buffer while the store fails; the "
+        "oldest rows are dropped past it and counted (barp_router_decision_log_dropped_total)",
+    )
+    max_buffer_rows: int | None = Field(default=None, ge=1, description="optional bound in rows as well")
+    write_retries: int = Field(default=2, ge=0, description="retries of a failed feedback write before a 503")
+    feedback_window_s: float = Field(
+        default=0.002,
+        ge=0,
+        description="group commit: feedback arriving within this window (or while a write runs) shares one file",
+    )
+    close_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="at replica shutdown, how long to keep "
+        "retrying the final flush before the rows are counted as dropped",
+    )
     log_prompt_text: bool = Field(default=True, description="store the prompt text (else only its hash)")
     feedback_sync: bool = Field(
-        default=True, description="write feedback before answering (durable); false: buffer it with the decisions"
+        default=True,
+        description="write feedback before answering (durable, group-committed); false: buffer it "
+        "with the decisions (lost if the replica is killed before the next flush)",
     )
 
 
@@ -229,6 +388,11 @@ class ServeAppConfig(JobConfig):
     name: str = Field(default="barp", description="application name (also the `model` that means: route)")
     policy: str = Field(default="runs/demo/policy", description="checkpoint folder or URI (policy.json + .pt)")
     encoder: str | None = Field(default=None, description="override the checkpoint's encoder (local path)")
+    encoding: EncodingConfig = Field(
+        default_factory=EncodingConfig,
+        description="encoder backend / token budget (default: as trained; a "
+        "mismatch needs allow_encoder_mismatch), device, decision cache bytes (barp_ray/serving/engine.py)",
+    )
     router_model_names: list[str] = Field(
         default_factory=lambda: ["barp", "auto", "router"],
         description="request `model` values that mean: let the policy choose",
@@ -237,8 +401,7 @@ class ServeAppConfig(JobConfig):
     default_budget: Budget | None = Field(default=None, description="if set, wins over default_preference")
     calibration: str | None = Field(
         default=None,
-        description="`barp calibrate --out` JSON, or a prepared shard folder (calibrated at start); "
-        "needed for budgets",
+        description="`barp calibrate --out` JSON, or a prepared shard folder (calibrated at start); needed for budgets",
     )
     calibration_grid_points: int = Field(default=101, ge=2)
     replay_data: str | None = Field(default=None, description="default `replay.data` for replay upstreams")
@@ -251,6 +414,7 @@ class ServeAppConfig(JobConfig):
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
     decision_log: DecisionLogConfig = Field(default_factory=DecisionLogConfig)
 
     @field_validator("upstreams")
@@ -272,6 +436,33 @@ class ServeAppConfig(JobConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _shutdown_covers_streams(self) -> ServeAppConfig:
+        longest = max(
+            (u.stream_deadline_s for u in self.upstreams),
+            default=UpstreamConfig.model_fields["stream_deadline_s"].default,
+        )
+        margin = self.decision_log.close_timeout_s if self.decision_log.enabled else 0.0
+        needed = longest + margin
+        given = self.router.graceful_shutdown_timeout_s
+        if given is not None and given < needed:
+            raise ValueError(
+                f"router.graceful_shutdown_timeout_s ({given:g}) < the longest upstream stream_deadline_s "
+                f"({longest:g}) + decision_log.close_timeout_s ({margin:g}): a stopping replica would be killed "
+                f"with streams (and their decisions) in flight; raise it to >= {needed:g} or leave it unset"
+            )
+        return self
+
+    def shutdown_timeout_s(self) -> float:
+        """The graceful_shutdown_timeout_s the router deployment gets (see RouterDeploymentConfig)."""
+        if self.router.graceful_shutdown_timeout_s is not None:
+            return self.router.graceful_shutdown_timeout_s
+        longest = max(
+            (u.stream_deadline_s for u in self.upstreams),
+            default=UpstreamConfig.model_fields["stream_deadline_s"].default,
+        )
+        return longest + (self.decision_log.close_timeout_s if self.decision_log.enabled else 0.0)
+
     def resolved(self, base: Path | None = None) -> ServeAppConfig:
         """Local relative paths made absolute (replicas may run in another working directory)."""
         base = Path.cwd() if base is None else base
@@ -289,7 +480,8 @@ class ServeAppConfig(JobConfig):
         return self.model_copy(
             update={
                 "policy": fix(self.policy),
-                "encoder": fix(self.encoder) if self.encoder and Path(self.encoder).expanduser().exists()
+                "encoder": fix(self.encoder)
+                if self.encoder and Path(self.encoder).expanduser().exists()
                 else self.encoder,
                 "calibration": fix(self.calibration),
                 "replay_data": fix(self.replay_data),

@@ -1,36 +1,38 @@
 """Zero-downtime policy rollout: a new checkpoint reaches the running `BarpRouter` replicas in place.
 
 The channel is the router deployment's Serve `user_config` (`{"policy": <checkpoint>}`, set by `build_app`).
-`rollout()` (and `barp rollout`) re-applies the app's *declarative* Serve config (the one `serve run
-config.yaml` / `serve deploy` applied, read back from the controller) with only that `user_config` changed:
+`rollout()` (and `barp rollout`) speaks only Serve's public REST API on the Ray dashboard, the one
+`serve deploy` / `serve status` use: it reads the declarative config with `GET /api/serve/applications/`
+and re-applies it with `PUT /api/serve/applications/`, with only the router's `user_config` changed:
 
 - `import_path`, `args` and `runtime_env` are unchanged, so the controller keeps the app's code version
-  (`ApplicationState.apply_app_config`: `get_app_code_version(config) == target code_version`) and applies
-  the new config as an override instead of rebuilding the app;
-- the router's `DeploymentVersion` then differs only in `user_config`, a `NeedsActorReconfigure` option:
-  `requires_actor_restart()` is False, so `_stop_or_update_outdated_version_replicas` calls
-  `reconfigure()` on each running replica (moving it RUNNING -> UPDATING -> RUNNING) instead of stopping it;
+  and applies the new config as an override instead of rebuilding the app;
+- the router's deployment version then differs only in `user_config`, which Serve applies by calling
+  `reconfigure()` on each running replica (RUNNING -> UPDATING -> RUNNING) instead of restarting it;
   the upstream deployments are untouched.
 - The replica loads and warms up the new policy off its event loop, then swaps it in (`BarpRouter.reconfigure`);
   requests already on the replica finish on the policy they started with. While a replica is UPDATING, Serve
-  takes it out of the routing set (it is not RUNNING), so new requests go to the other replicas, or wait in
-  the proxy / handle queue for the reload (a fraction of a second: only the policy weights are loaded, the
-  encoder is shared) when there is one replica. No request fails.
+  takes it out of the routing set, so new requests go to the other replicas, or wait in the proxy / handle
+  queue for the reload (a fraction of a second) when there is one replica. No request fails.
 
 Not zero-downtime, and refused here: an app deployed from Python with `serve.run(build_app(...))`
-(imperative). Re-running `serve.run` with a changed `user_config` gives every deployment a new random code
-version (`ServeControllerClient.deploy_applications`: `version=deployment._version or get_random_string()`,
-and `Deployment.options(version=...)` is removed), so Serve replaces every replica of every deployment
-(a rolling restart with a full MiniLM load each). Deploy the app from a config to roll out in place.
+(imperative): re-running `serve.run` with a changed `user_config` gives every deployment a new code
+version, so Serve replaces every replica. Deploy the app from a config (`serve run` / `serve deploy` /
+KubeRay `serveConfigV2`) to roll out in place.
 
 A replica never raises from `reconfigure` (Serve would stop it and start replicas with the failing config):
 it keeps the old policy and reports the refusal in `rollout_status()`; `rollout()` then re-applies the
 previous config, so Serve's target and what the replicas serve agree again. Checks run here first as well
 (the checkpoint exists, its models cover the app's upstreams), so a bad rollout usually never reaches Serve.
+
+The dashboard address: the `address` argument, else `$RAY_DASHBOARD_ADDRESS` (as `serve deploy`), else the
+dashboard of the Ray cluster this process is connected to, else http://127.0.0.1:8265. With Ray token auth the
+token (`$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or ~/.ray/auth_token) is sent as a bearer token.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -90,13 +92,63 @@ def check_policy(location: str, upstreams: list[str] | None) -> tuple[dict, str]
     return spec, version
 
 
-def _client():
-    import ray
-    from ray.serve.context import _get_global_client
+def dashboard_address(address: str | None = None) -> str:
+    """The Ray dashboard URL that serves Serve's REST API (see the module doc for the order of sources)."""
+    address = address or os.environ.get("RAY_DASHBOARD_ADDRESS")
+    if not address:
+        import ray
 
-    if not ray.is_initialized():
-        raise RolloutError("not connected to a Ray cluster (ray.init(address=...) first)")
-    return _get_global_client()
+        if ray.is_initialized():  # public: returns the running cluster's context, starts nothing
+            address = ray.init(ignore_reinit_error=True).dashboard_url
+    address = address or "http://127.0.0.1:8265"
+    return address if "://" in address else f"http://{address}"
+
+
+def _auth_headers() -> dict[str, str]:
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        token = path.read_text().strip() if path.is_file() else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class ServeRestClient:
+    """Serve's REST API on the Ray dashboard: GET / PUT /api/serve/applications/ (what `serve deploy` uses)."""
+
+    PATH = "/api/serve/applications/"
+
+    def __init__(self, address: str | None = None, timeout_s: float = 30.0) -> None:
+        self.address = dashboard_address(address).rstrip("/")
+        self.timeout_s = timeout_s
+
+    def _request(self, method: str, **kwargs):
+        import httpx
+
+        try:
+            response = httpx.request(
+                method, self.address + self.PATH, headers=_auth_headers(), timeout=self.timeout_s, **kwargs
+            )
+        except httpx.HTTPError as exc:
+            raise RolloutError(
+                f"the Ray dashboard at {self.address} is not reachable ({type(exc).__name__}: "
+                f"{exc}); give --address or set RAY_DASHBOARD_ADDRESS"
+            ) from None
+        if response.status_code != 200:
+            raise RolloutError(
+                f"{method} {self.address}{self.PATH}: HTTP {response.status_code}: {response.text[:1000]}"
+            )
+        return response
+
+    def get_serve_details(self) -> dict:
+        return self._request("GET").json()
+
+    def deploy_apps(self, config) -> None:
+        body = config.model_dump(mode="json", exclude_unset=True) if hasattr(config, "model_dump") else config
+        self._request("PUT", json=body)
+
+
+def _client(address: str | None = None) -> ServeRestClient:
+    return ServeRestClient(address)
 
 
 def _app_details(details: dict, app: str) -> dict:
@@ -115,8 +167,9 @@ def _router_replicas(app_info: dict) -> dict[str, dict]:
     return {r["replica_id"]: r for r in replicas if r.get("state") in UP_STATES}
 
 
-def replica_statuses(app: str, replica_ids: set[str] | None = None, timeout_s: float = 30.0,
-                     calls: int | None = None) -> dict[str, dict]:
+def replica_statuses(
+    app: str, replica_ids: set[str] | None = None, timeout_s: float = 30.0, calls: int | None = None
+) -> dict[str, dict]:
     """`rollout_status()` of the router replicas, through a DeploymentHandle (no HTTP, no API key).
 
     A handle routes each call to one replica; concurrent calls spread over the replicas, and calls are
@@ -163,15 +216,53 @@ def _deploy_schema(details: dict, app: str, router_user_config=KEEP):
                 router["user_config"] = router_user_config
             config["deployments"] = deployments
         applications.append(ServeApplicationSchema.model_validate(config))
-    return ServeDeploySchema.model_validate(
-        {"applications": [a.model_dump(exclude_unset=True) for a in applications],
-         "target_capacity": details.get("target_capacity")}
-    )
+    doc = {
+        "applications": [a.model_dump(exclude_unset=True) for a in applications],
+        "target_capacity": details.get("target_capacity"),
+    }
+    for key in ("proxy_location", "http_options", "grpc_options"):  # the running instance's, so the PUT
+        if details.get(key) is not None:  # keeps them (Serve ignores changes to a running instance's anyway)
+            doc[key] = details[key]
+    return ServeDeploySchema.model_validate(doc)
+
+
+def deploy_app(app_config: dict, address: str | None = None) -> None:
+    """Add or replace one declarative application (a `ServeApplicationSchema` dict) through the REST API,
+    keeping every other declarative app of the cluster (a PUT replaces the whole declarative config)."""
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+    client = _client(address)
+    details = client.get_serve_details()
+    current = _deploy_schema(details, app_config["name"])
+    new = ServeApplicationSchema.model_validate(app_config)
+    apps = [a.model_dump(exclude_unset=True) for a in current.applications if a.name != new.name]
+    doc = {**current.model_dump(exclude_unset=True), "applications": [*apps, new.model_dump(exclude_unset=True)]}
+    client.deploy_apps(ServeDeploySchema.model_validate(doc))
+
+
+def delete_app(name: str, address: str | None = None) -> None:
+    """Remove one declarative application, keeping the others."""
+    from ray.serve.schema import ServeDeploySchema
+
+    client = _client(address)
+    current = _deploy_schema(client.get_serve_details(), name)
+    doc = {
+        **current.model_dump(exclude_unset=True),
+        "applications": [a.model_dump(exclude_unset=True) for a in current.applications if a.name != name],
+    }
+    client.deploy_apps(ServeDeploySchema.model_validate(doc))
 
 
 def rollout(
-    policy: str, app: str = "barp", calibration: str | None = None, timeout_s: float = 300.0, check: bool = True,
-    revert_on_failure: bool = True, poll_s: float = 0.25, log=print,
+    policy: str,
+    app: str = "barp",
+    calibration: str | None = None,
+    timeout_s: float = 300.0,
+    check: bool = True,
+    revert_on_failure: bool = True,
+    poll_s: float = 0.25,
+    log=print,
+    address: str | None = None,
 ) -> RolloutResult:
     """Roll `policy` out to every router replica of the running (declarative) app `app`; see the module doc.
 
@@ -179,7 +270,7 @@ def rollout(
     previous config) if a replica refused it or `timeout_s` passed. `check=False` skips the checks made here
     before touching Serve (the replicas check again).
     """
-    client = _client()
+    client = _client(address)
     started = time.monotonic()
     details = client.get_serve_details()
     app_info = _app_details(details, app)
@@ -233,8 +324,10 @@ def rollout(
         refused = {r: s for r, s in mine.items() if not s["rollout"]["ok"]}
         if refused:
             replica, s = next(iter(refused.items()))
-            raise fail(f"replica {replica} refused policy {location}: {s['rollout']['error']} (still serving "
-                       f"{s['policy_version']})")
+            raise fail(
+                f"replica {replica} refused policy {location}: {s['rollout']['error']} (still serving "
+                f"{s['policy_version']})"
+            )
         if up and set(mine) == set(up):
             versions = {s["policy_version"] for s in mine.values()}
             if version is not None and versions != {version}:
@@ -246,8 +339,14 @@ def rollout(
             raise fail(f"timed out after {timeout_s:g}s: replicas {waiting} did not report rollout {rollout_id}")
         time.sleep(poll_s)
 
-    result = RolloutResult(app=app, policy=location, rollout_id=rollout_id, old_versions=old_versions,
-                           new_version=new_version, replicas=mine, restarted=sorted(set(before) - set(up)),
-                           seconds=time.monotonic() - started)
+    result = RolloutResult(
+        app=app,
+        policy=location,
+        rollout_id=rollout_id,
+        old_versions=old_versions,
+        new_version=new_version,
+        replicas=mine,
+        restarted=sorted(set(before) - set(up)),
+        seconds=time.monotonic() - started,
+    )
     return result
-

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from barp_ray.serving.config import Budget, Preference
 
-# OpenAI request fields passed through to OpenAI-compatible upstreams (everything else stays here).
-PASSTHROUGH_PARAMS = (
-    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "presence_penalty",
-    "frequency_penalty", "logit_bias", "user", "response_format", "tools", "tool_choice", "logprobs",
-    "top_logprobs",
-)
+# request fields the router consumes; every other field of a chat request is forwarded to the upstream
+# (known OpenAI ones and provider-specific ones alike; an upstream's `openai.deny_params` drops some)
+ROUTER_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "preference", "budget", "prompt_id"})
 DECISION_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 
@@ -21,8 +18,13 @@ class ApiError(Exception):
     """An error answered as OpenAI's error JSON: {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None,
-        type_: str = "invalid_request_error", headers: dict[str, str] | None = None,
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -34,6 +36,31 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "body"
+
+
+def validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
+    """The first pydantic error as a 400 naming the field (`param`), e.g. `preference.cost`."""
+    first = exc.errors()[0]
+    loc = tuple(p for p in first.get("loc", ()) if p not in ("__root__",))
+    # a union of str | list[...] reports the branch names; keep the field path only
+    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "list"))))
+    if prefix:
+        param = prefix + ("." + _loc(loc) if loc else "")
+    else:
+        param = _loc(loc)  # "body" when the error is about the whole object
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return ApiError(400, f"{param}: {msg}{more}", param=param, code="invalid_value")
 
 
 class ContentPart(BaseModel):
@@ -66,14 +93,16 @@ class _RoutingFields(BaseModel):
 
 
 class ChatCompletionRequest(_RoutingFields):
-    """OpenAI chat completion request; unknown OpenAI fields are accepted and ignored."""
+    """OpenAI chat completion request; fields the router does not know are accepted and forwarded."""
 
     model_config = ConfigDict(extra="allow")
 
     messages: list[ChatMessage]
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    n: int | None = Field(default=None, ge=1, le=1, description="only n=1 is supported")
+    n: int | None = Field(
+        default=None, ge=1, le=128, description="choices to generate (forwarded; the replay upstream answers n=1 only)"
+    )
 
     @field_validator("messages")
     @classmethod
@@ -83,8 +112,9 @@ class ChatCompletionRequest(_RoutingFields):
         return value
 
     def upstream_params(self) -> dict[str, Any]:
-        data = self.model_dump(exclude_none=True)
-        return {k: data[k] for k in PASSTHROUGH_PARAMS if k in data}
+        """Every field the client sent except the router's own (unknown fields included, as sent)."""
+        data = self.model_dump(exclude_unset=True)
+        return {k: v for k, v in data.items() if k not in ROUTER_FIELDS}
 
 
 class RouteRequest(_RoutingFields):

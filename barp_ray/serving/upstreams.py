@@ -2,26 +2,32 @@
 
 Every upstream deployment exposes, through its DeploymentHandle:
 
-- ``complete(payload) -> dict``: ``{"text", "finish_reason", "cost_usd", "prompt_tokens",
-  "completion_tokens", "upstream_model", ...}``
-- ``stream(payload)`` (call with ``handle.options(stream=True)``): yields ``{"delta": str}`` chunks, then one
-  ``{"done": True, "finish_reason", "cost_usd", "prompt_tokens", "completion_tokens"}``
+- ``complete(payload) -> dict``: ``{"completion": <OpenAI chat.completion dict, as the upstream sent it>,
+  "cost_usd", "prompt_tokens", "completion_tokens", ...}``, or ``{"error": <UpstreamError.to_dict()>}``
+- ``stream(payload)`` (call with ``handle.options(stream=True)``): yields ``{"chunk": <OpenAI
+  chat.completion.chunk dict>}`` items, then one ``{"done": True, "usage", "cost_usd", "prompt_tokens",
+  "completion_tokens", ...}``; an ``{"error": ...}`` item ends it early (first item: before any output).
 - ``info() -> dict``: ``{"model", "kind", "mean_cost_usd"}``
 
-``payload`` is ``{"messages": [OpenAI message dicts], "params": {temperature, max_tokens, ...},
-"request_id": str}``. Failures raise ``UpstreamError``; the router then falls back to the next model.
+``payload`` is ``{"messages": [OpenAI message dicts], "params": {every other request field to forward},
+"request_id": str}``. Errors are answered as values (``UpstreamError.to_dict()``: status, message,
+retryable), so the router can tell a client error (4xx: returned to the caller, no fallback) from a failure
+of the model (429, 5xx, timeout, connection: fall back). Error messages never hold the upstream's address
+or credentials: only the upstream's own error `message` (with those redacted).
 
 Kinds: ``ReplayBackend`` (RouterBench's recorded answers and costs: the offline default) and
-``OpenAIBackend`` (any OpenAI-compatible endpoint: vLLM, Ray Serve LLM, a hosted API).
+``OpenAIBackend`` (any OpenAI-compatible endpoint through ``openai.AsyncOpenAI``: vLLM, Ray Serve LLM, a
+hosted API; the SDK retries connection errors, 408, 409, 429 and 5xx with jittered exponential backoff and
+honours ``Retry-After``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,11 +38,40 @@ from barp_ray.serving.config import OpenAISettings, ReplaySettings
 
 logger = logging.getLogger(__name__)
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# 4xx answers that mean "this model cannot answer now" rather than "the request is wrong": fall back
+RETRYABLE_4XX = {408, 429}
 
 
 class UpstreamError(RuntimeError):
-    """An upstream could not answer (error status, timeout, simulated failure, ...)."""
+    """An upstream could not answer. `status` None: no HTTP answer (timeout, connection, simulated)."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message, self.status, self.type, self.param, self.code = message, status, type_, param, code
+        self.retryable = (
+            (status is None or status >= 500 or status in RETRYABLE_4XX) if retryable is None else retryable
+        )
+
+    def __reduce__(self):  # picklable with all fields (Ray ships it between processes)
+        return (UpstreamError, (self.message, self.status, self.type, self.param, self.code, self.retryable))
+
+    def to_dict(self) -> dict:
+        return {
+            "message": self.message,
+            "status": self.status,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+            "retryable": self.retryable,
+        }
 
 
 def message_text(message: dict) -> str:
@@ -53,13 +88,20 @@ def approx_tokens(text: str) -> int:
     return max(1, len(text) // 4) if text else 0
 
 
+def usage_dict(prompt_tokens: int | None, completion_tokens: int | None) -> dict | None:
+    if prompt_tokens is None:
+        return None
+    ct = completion_tokens or 0
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": ct, "total_tokens": prompt_tokens + ct}
+
+
 # ---- replay ---------------------------------------------------------------------------------------------
 class ReplayBackend:
-    """Answers a RouterBench prompt with `model`'s recorded response and cost.
+    """Answers a RouterBench prompt with `model`'s recorded response and cost, in OpenAI's format.
 
     A prompt is looked up by the hash of the message text (all contents joined by blank lines, as the
     router embeds it), then by the last user message alone. Unknown prompts get a placeholder answer at
-    the model's mean cost (`on_miss: placeholder`) or fail (`on_miss: error`).
+    the model's mean cost (`on_miss: placeholder`) or fail (`on_miss: error`). `n` > 1 is refused (400).
     """
 
     def __init__(self, model: str, settings: ReplaySettings | dict | None = None, seed: int | None = None) -> None:
@@ -71,7 +113,7 @@ class ReplayBackend:
         self.settings = ReplaySettings.model_validate(settings or {})
         self._hash = prompt_hash
         data = self.settings.data or str(default_data_dir())
-        raw = load_raw(data, with_responses=True, models=[model])
+        raw = load_raw(data, with_responses=True, models=[model], allow_pickle=self.settings.allow_pickle)
         if raw.responses is None:
             raise ValueError(f"{data}: no recorded responses for {model!r} (no '{model}|model_response' column)")
         self._answers: dict[str, tuple[str, float | None, str]] = {}
@@ -120,29 +162,85 @@ class ReplayBackend:
             )
 
     async def complete(self, payload: dict) -> dict:
+        n = (payload.get("params") or {}).get("n")
+        if n is not None and n != 1:
+            raise UpstreamError(
+                f"n: the replay upstream {self.model} answers n=1 only (got {n})",
+                status=400,
+                type_="invalid_request_error",
+                param="n",
+                code="unsupported_value",
+            )
         await self._simulate()
         messages = payload.get("messages") or []
         answer, cost, pid, hit = self.lookup(messages)
         prompt = "\n\n".join(message_text(m) for m in messages)
+        pt, ct = approx_tokens(prompt), approx_tokens(answer)
+        completion = {
+            "id": f"chatcmpl-{payload.get('request_id') or 'replay'}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": usage_dict(pt, ct),
+        }
         return {
-            "text": answer, "finish_reason": "stop", "cost_usd": cost, "upstream_model": self.model,
-            "prompt_tokens": approx_tokens(prompt), "completion_tokens": approx_tokens(answer),
-            "replay_hit": hit, "replay_prompt_id": pid,
+            "completion": completion,
+            "text": answer,
+            "finish_reason": "stop",
+            "cost_usd": cost,
+            "upstream_model": self.model,
+            "prompt_tokens": pt,
+            "completion_tokens": ct,
+            "replay_hit": hit,
+            "replay_prompt_id": pid,
         }
 
     async def stream(self, payload: dict) -> AsyncIterator[dict]:
         result = await self.complete(payload)
         text, step = result["text"], self.settings.stream_chunk_chars
+        base = {k: result["completion"][k] for k in ("id", "object", "created", "model")}
+        base["object"] = "chat.completion.chunk"
+
+        def chunk(delta: dict, finish: str | None = None) -> dict:
+            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        yield {"chunk": chunk({"role": "assistant", "content": ""})}
         for start in range(0, len(text), step):
-            yield {"delta": text[start : start + step]}
+            piece = text[start : start + step]
+            yield {"chunk": chunk({"content": piece}), "delta": piece}
             if self.settings.stream_delay_s:
                 await asyncio.sleep(self.settings.stream_delay_s)
-        yield {"done": True, **{k: v for k, v in result.items() if k != "text"}}
+        yield {"chunk": chunk({}, "stop")}
+        yield {
+            "done": True,
+            "usage": result["completion"]["usage"],
+            **{k: v for k, v in result.items() if k not in ("text", "completion")},
+        }
 
 
 # ---- OpenAI-compatible ----------------------------------------------------------------------------------
+def _redact(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "<redacted>")
+    return text
+
+
 class OpenAIBackend:
-    """Calls `{base_url}/chat/completions` with retries (connection errors, 429, 5xx) and a timeout."""
+    """Calls an OpenAI-compatible `/chat/completions` with `openai.AsyncOpenAI` and passes the answer through.
+
+    Every request field is forwarded (`params`: the client's fields, minus `settings.deny_params`, over
+    `settings.extra_body`); the answer comes back as the upstream sent it (tool calls, refusal, logprobs,
+    usage details, system_fingerprint, n choices, provider fields).
+    """
 
     def __init__(self, model: str, settings: OpenAISettings | dict) -> None:
         self.model = model
@@ -150,26 +248,28 @@ class OpenAIBackend:
         self.model_name = self.settings.model_name or model
         self.api_key = os.environ.get(self.settings.api_key_env) if self.settings.api_key_env else None
         if self.settings.api_key_env and not self.api_key:
-            logger.warning("upstream %s: env var %s is not set; calling without an API key",
-                           model, self.settings.api_key_env)
+            logger.warning(
+                "upstream %s: env var %s is not set; calling without an API key", model, self.settings.api_key_env
+            )
         self._client = None
+        self._secrets = [self.settings.base_url.rstrip("/"), self.api_key or ""]
 
     @property
     def client(self):
-        import httpx
+        from openai import AsyncOpenAI
 
         if self._client is None:
-            headers = {"Content-Type": "application/json", **self.settings.extra_headers}
-            if self.api_key:
-                headers["Authorization"] = f"Bearer {self.api_key}"
-            self._client = httpx.AsyncClient(
-                base_url=self.settings.base_url.rstrip("/"), headers=headers,
-                timeout=httpx.Timeout(self.settings.timeout_s),
+            self._client = AsyncOpenAI(
+                base_url=self.settings.base_url,
+                api_key=self.api_key or "no-key",
+                timeout=self.settings.timeout_s,
+                max_retries=self.settings.max_retries,
+                default_headers=self.settings.extra_headers or None,
             )
         return self._client
 
     def info(self) -> dict:
-        return {"model": self.model, "kind": "openai", "mean_cost_usd": None, "base_url": self.settings.base_url}
+        return {"model": self.model, "kind": "openai", "mean_cost_usd": None}
 
     def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
         s = self.settings
@@ -177,98 +277,102 @@ class OpenAIBackend:
             return None
         return (prompt_tokens * s.usd_per_1k_input + (completion_tokens or 0) * s.usd_per_1k_output) / 1000.0
 
-    def _body(self, payload: dict, stream: bool) -> dict:
-        body = {**self.settings.extra_body, **(payload.get("params") or {})}
-        body.update(model=self.model_name, messages=payload.get("messages") or [], stream=stream)
+    def _extra_body(self, payload: dict, stream: bool) -> dict:
+        params = {k: v for k, v in (payload.get("params") or {}).items() if k not in self.settings.deny_params}
+        body = {**self.settings.extra_body, **params}
+        for key in ("model", "messages", "stream"):
+            body.pop(key, None)
         if stream and self.settings.stream_usage:
-            body["stream_options"] = {"include_usage": True}
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return body
 
-    async def _retrying(self, attempt_fn):
-        import httpx
+    def _error(self, exc: Exception) -> UpstreamError:
+        """The SDK's error as an UpstreamError carrying only the upstream's own message (redacted)."""
+        import openai
 
-        delay = self.settings.retry_backoff_s
-        for attempt in range(self.settings.max_retries + 1):
-            try:
-                return await attempt_fn()
-            except httpx.HTTPStatusError as exc:
-                status = exc.response.status_code
-                if status not in RETRY_STATUS or attempt == self.settings.max_retries:
-                    raise UpstreamError(f"{self.model}: HTTP {status} from {self.settings.base_url}: "
-                                        f"{exc.response.text[:300]}") from None
-            except httpx.TransportError as exc:  # connect / read timeouts, refused, reset
-                if attempt == self.settings.max_retries:
-                    raise UpstreamError(f"{self.model}: {type(exc).__name__} calling {self.settings.base_url}: "
-                                        f"{exc}") from None
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+        if isinstance(exc, openai.APIStatusError):
+            body = exc.body if isinstance(exc.body, dict) else {}
+            err = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
+            message = err.get("message") if isinstance(err.get("message"), str) else None
+            message = _redact(message or f"HTTP {exc.status_code}", self._secrets)[:1000]
+            return UpstreamError(
+                message,
+                status=exc.status_code,
+                type_=err.get("type") if isinstance(err.get("type"), str) else None,
+                param=err.get("param") if isinstance(err.get("param"), str) else None,
+                code=str(err["code"]) if err.get("code") is not None else None,
+            )
+        if isinstance(exc, openai.APITimeoutError):
+            return UpstreamError(
+                f"{self.model}: no answer within {self.settings.timeout_s:g}s "
+                f"({self.settings.max_retries + 1} attempts)",
+                code="timeout",
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return UpstreamError(
+                f"{self.model}: connection failed ({self.settings.max_retries + 1} attempts)", code="connection_error"
+            )
+        if isinstance(exc, openai.APIError):  # e.g. an error event inside a stream
+            return UpstreamError(
+                f"{self.model}: {_redact(str(exc.message), self._secrets)[:1000]}", code="stream_error"
+            )
+        return UpstreamError(f"{self.model}: {type(exc).__name__}", code="internal_error")
 
     async def complete(self, payload: dict) -> dict:
-        async def once():
-            response = await self.client.post("/chat/completions", json=self._body(payload, stream=False))
-            response.raise_for_status()
-            return response.json()
-
-        data = await self._retrying(once)
         try:
-            choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError) as exc:
-            raise UpstreamError(f"{self.model}: malformed response ({exc}): {json.dumps(data)[:300]}") from None
-        usage = data.get("usage") or {}
+            response = await self.client.chat.completions.create(
+                model=self.model_name,
+                messages=payload.get("messages") or [],
+                extra_body=self._extra_body(payload, stream=False),
+            )
+        except Exception as exc:  # SDK errors, and anything else without its text (it may hold the URL)
+            raise self._error(exc) from None
+        completion = response.model_dump(mode="json", exclude_unset=True)
+        usage = completion.get("usage") or {}
         pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
         return {
-            "text": text, "finish_reason": choice.get("finish_reason") or "stop", "cost_usd": self.cost(pt, ct),
-            "prompt_tokens": pt, "completion_tokens": ct, "upstream_model": data.get("model", self.model_name),
+            "completion": completion,
+            "cost_usd": self.cost(pt, ct),
+            "prompt_tokens": pt,
+            "completion_tokens": ct,
+            "upstream_model": completion.get("model", self.model_name),
         }
 
     async def stream(self, payload: dict) -> AsyncIterator[dict]:
-        import httpx
-
-        body = self._body(payload, stream=True)
-        finish, usage = "stop", {}
-
-        async def open_stream():
-            request = self.client.build_request("POST", "/chat/completions", json=body)
-            response = await self.client.send(request, stream=True)
-            if response.status_code >= 400:
-                await response.aread()
-                await response.aclose()
-                response.raise_for_status()
-            return response
-
-        response = await self._retrying(open_stream)  # retries only until the first byte
+        try:  # the SDK retries only until the response starts
+            stream = await self.client.chat.completions.create(
+                model=self.model_name,
+                messages=payload.get("messages") or [],
+                stream=True,
+                extra_body=self._extra_body(payload, stream=True),
+            )
+        except Exception as exc:  # SDK errors, and anything else without its text (it may hold the URL)
+            yield {"error": self._error(exc).to_dict()}
+            return
+        usage: dict | None = None
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                try:
-                    chunk = json.loads(data)
-                except json.JSONDecodeError:
-                    continue
-                if chunk.get("error"):
-                    raise UpstreamError(f"{self.model}: stream error {json.dumps(chunk['error'])[:300]}")
-                usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices") or []:
-                    delta = (choice.get("delta") or {}).get("content")
-                    if delta:
-                        yield {"delta": delta}
-                    finish = choice.get("finish_reason") or finish
-        except httpx.TransportError as exc:
-            raise UpstreamError(f"{self.model}: stream broken: {type(exc).__name__}: {exc}") from None
+            async for chunk in stream:
+                data = chunk.model_dump(mode="json", exclude_unset=True)
+                usage = data.get("usage") or usage
+                yield {"chunk": data}
+        except Exception as exc:  # SDK errors, and anything else without its text (it may hold the URL)
+            yield {"error": self._error(exc).to_dict()}
+            return
         finally:
-            await response.aclose()
-        pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        yield {"done": True, "finish_reason": finish, "cost_usd": self.cost(pt, ct), "prompt_tokens": pt,
-               "completion_tokens": ct, "upstream_model": self.model_name}
+            await stream.close()
+        pt, ct = (usage or {}).get("prompt_tokens"), (usage or {}).get("completion_tokens")
+        yield {
+            "done": True,
+            "usage": usage,
+            "cost_usd": self.cost(pt, ct),
+            "prompt_tokens": pt,
+            "completion_tokens": ct,
+            "upstream_model": self.model_name,
+        }
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
 
@@ -277,11 +381,17 @@ class _UpstreamDeployment:
     backend: Any
 
     async def complete(self, payload: dict) -> dict:
-        return await self.backend.complete(payload)
+        try:
+            return await self.backend.complete(payload)
+        except UpstreamError as exc:
+            return {"error": exc.to_dict()}
 
     async def stream(self, payload: dict) -> AsyncIterator[dict]:
-        async for chunk in self.backend.stream(payload):
-            yield chunk
+        try:
+            async for item in self.backend.stream(payload):
+                yield item
+        except UpstreamError as exc:
+            yield {"error": exc.to_dict()}
 
     def info(self) -> dict:
         return self.backend.info()

@@ -2,49 +2,96 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 from pydantic import Field
 
-from barp_ray.config import JobConfig
+from barp_ray.config import JobConfig, Location
+from barp_ray.objective import TauRule
 from barp_ray.policy.model import HeadType
-from barp_ray.training.reward import TauRule
 
 
 class TrainConfig(JobConfig):
     """REINFORCE on Ray Train. Defaults are the ones chosen on the validation split (see README)."""
 
     # data and outputs
-    data: str = Field(default="runs/demo/data", description="prepared + embedded shard directory")
-    storage_path: str = Field(default="runs/ray_results", description="Ray Train storage: local path or URI")
+    data: Location = Field(default="runs/demo/data", description="prepared + embedded shard directory")
+    storage_path: Location = Field(default="runs/ray_results", description="Ray Train storage: local path or URI")
     name: str = Field(default="barp-train", description="run name under storage_path; same name resumes")
     exclude_tasks: list[str] = Field(default_factory=list, description="train without these tasks (LOTO)")
     # Ray Train
-    num_workers: int = Field(default=1, ge=1)
-    use_gpu: bool = False
+    num_workers: int = Field(default=1, ge=1, description="Ray Train workers (one per GPU with use_gpu)")
+    use_gpu: bool = Field(default=False, description="one GPU per worker")
     cpus_per_worker: float = Field(default=0.5, gt=0, description="fractional so Ray Data keeps a CPU")
     max_failures: int = Field(default=2, ge=-1, description="worker-group restarts from the last checkpoint")
+    # ingestion (barp_ray.training.ingest)
+    ingest: Literal["auto", "memory", "stream"] = Field(
+        default="auto",
+        description="how a worker gets its rows: `memory` reads its shard once into tensors, "
+        "`stream` pulls shuffled batches from Ray Data pass after pass, `auto` streams above the memory budget",
+    )
+    worker_memory_budget_mb: float = Field(
+        default=1024.0,
+        gt=0,
+        description="with ingest=auto: stream when a worker's share of the training rows "
+        "would take more than this many MiB in memory",
+    )
+    shuffle_buffer_rows: int = Field(
+        default=65_536, ge=1, description="with streaming: rows in each worker's local shuffle buffer"
+    )
     # optimisation
-    seed: int = 0
-    epochs: int = Field(default=20, ge=1)
-    steps_per_epoch: int = Field(default=150, ge=1)
-    batch_size: int = Field(default=512, ge=2, description="global batch; split across workers")
-    lr: float = Field(default=1e-3, gt=0)
+    seed: int = Field(default=0, description="seed of the initial weights and every sampling draw")
+    passes: float | None = Field(
+        default=400.0,
+        gt=0,
+        description="schedule in interactions per training prompt (one interaction = one sampled model's "
+        "score and cost); sets steps_per_epoch from the training-set size (see `for_data`). None: fixed "
+        "`steps_per_epoch` (also used when steps_per_epoch is given and passes is not). Chosen on validation "
+        "across pools (benchmarks/barp_defaults.py)",
+    )
+    epochs: int = Field(default=20, ge=1, description="validation points (checkpoints) over the run")
+    steps_per_epoch: int = Field(
+        default=150, ge=1, description="learner steps between validations (derived from `passes` when that is set)"
+    )
+    patience: int | None = Field(
+        default=8,
+        ge=1,
+        description="stop after this many validations without a new best `select_metric` (None: run every epoch)",
+    )
+    select_metric: Literal["val_reward", "val_aiq"] = Field(
+        default="val_reward",
+        description="validation metric that picks the best epoch and drives early stopping: "
+        "mean greedy reward over the w grid (smoother than AIQ), or AIQ",
+    )
+    batch_size: int = Field(default=256, ge=2, description="global batch; split across workers")
+    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate at step 0")
     lr_final_fraction: float = Field(default=0.1, gt=0, le=1, description="cosine decay to lr * this")
-    weight_decay: float = Field(default=1e-4, ge=0)
-    grad_clip: float = Field(default=1.0, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(default=1.0, gt=0, description="gradient-norm clip")
     # reward and exploration
     tau: float | None = Field(default=None, gt=0, description="cost scale in USD; None derives it")
-    tau_rule: TauRule = "p99_top_model"
+    tau_rule: TauRule = Field(
+        default="p99_top_model", description="how tau is derived when not given (barp_ray.objective.derive_tau)"
+    )
     beta_start: float = Field(default=0.1, ge=0, description="entropy bonus at step 0")
     beta_end: float = Field(default=0.005, ge=0, description="entropy bonus after the decay")
     beta_decay_fraction: float = Field(default=0.7, gt=0, le=1, description="share of steps to decay over")
     baseline_bins: int = Field(default=10, ge=1, description="batch-mean baseline per w_c bin (1: plain)")
     normalize_advantage: bool = Field(default=False, description="divide (r - b) by its std (per w_c bin)")
     samples_per_prompt: int = Field(default=1, ge=1, description="actions drawn per (x, w) in a batch")
+    w_samples: int = Field(
+        default=1,
+        ge=1,
+        description="re-scalarise each observed (a, q, c) at this many preferences w (the first "
+        "is the one a was sampled under; the others are importance-weighted, ratio clipped at `ratio_clip`)",
+    )
+    ratio_clip: float = Field(default=5.0, gt=0, description="clip of pi(a|x,w') / pi(a|x,w) for extra w")
     # policy
-    head: HeadType = "mlp"
-    hidden_dim: int = Field(default=256, gt=0)
-    pref_dim: int = Field(default=32, gt=0)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
+    head: HeadType = Field(default="mlp", description="decision head g over [h(x); phi(w)]")
+    hidden_dim: int = Field(default=256, gt=0, description="hidden width of the decision head")
+    pref_dim: int = Field(default=32, gt=0, description="width of the preference encoder phi(w)")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout in the MLP head")
     inject_failure_at_epoch: int | None = Field(
         default=None, description="testing: crash the workers once at this epoch to exercise FailureConfig"
     )
@@ -54,3 +101,18 @@ class TrainConfig(JobConfig):
     @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
+
+    def interactions_per_step(self) -> int:
+        """Logged interactions (prompt, sampled model, its score and cost) one learner step consumes."""
+        return self.batch_size * self.samples_per_prompt
+
+    def for_data(self, n_train: int) -> TrainConfig:
+        """This config with `steps_per_epoch` derived from `passes` for `n_train` training prompts (a copy;
+        unchanged when `passes` is None): total interactions = passes * n_train, spread over `epochs`."""
+        fixed_steps = "steps_per_epoch" in self.model_fields_set and "passes" not in self.model_fields_set
+        if self.passes is None or fixed_steps:
+            return self.model_copy()
+        if n_train < 1:
+            raise ValueError("cannot derive a schedule from an empty training split")
+        total = self.passes * n_train / self.interactions_per_step()
+        return self.model_copy(update={"steps_per_epoch": max(1, math.ceil(total / self.epochs))})

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from barp_ray.data.table import RoutingTable
+from barp_ray.objective import greedy_curve as objective_greedy_curve
+from barp_ray.objective import reward, sample_preferences, w_grid
 from barp_ray.policy.model import BarpPolicy, PolicySpec, preference_tensor
 from barp_ray.training.config import TrainConfig
-from barp_ray.training.reward import reward, sample_preferences
+from barp_ray.training.optim import PolicyOptimizer
+
+if TYPE_CHECKING:
+    from barp_ray.training.ingest import StreamingPolicyData
 
 
 @dataclass
@@ -29,23 +35,50 @@ class PolicyData:
 
     @classmethod
     def from_table(cls, table: RoutingTable, device: str | torch.device = "cpu") -> PolicyData:
+        """Tensors of `table` in a canonical row order (sorted by prompt id, then prompt text): the same data
+        gives the same tensors whatever order Ray Data delivered its blocks in, so a seed fixes the run."""
         if table.embeddings is None:
             raise ValueError("table has no embeddings: run `barp embed` on the prepared data first")
+        order = canonical_order(table)
         return cls(
-            embeddings=torch.as_tensor(table.embeddings, dtype=torch.float32, device=device),
-            scores=torch.as_tensor(table.scores, dtype=torch.float32, device=device),
-            costs=torch.as_tensor(table.costs, dtype=torch.float32, device=device),
+            embeddings=torch.as_tensor(table.embeddings[order], dtype=torch.float32, device=device),
+            scores=torch.as_tensor(table.scores[order], dtype=torch.float32, device=device),
+            costs=torch.as_tensor(table.costs[order], dtype=torch.float32, device=device),
         )
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]
 
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        """`n` rows drawn uniformly with replacement: (embeddings, scores, costs). The one call the REINFORCE
+        step makes for its batch (`training.ingest.StreamingPolicyData` answers it for streamed shards)."""
+        idx = torch.randint(len(self), (n,), generator=generator, device=self.embeddings.device)
+        return self.embeddings[idx], self.scores[idx], self.costs[idx]
+
+
+def canonical_order(table: RoutingTable) -> np.ndarray:
+    """Row order by (prompt id, prompt text): independent of how the rows were read or sharded."""
+    keys = [f"{pid}\x00{prompt}" for pid, prompt in zip(table.prompt_ids, table.prompts, strict=True)]
+    return np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+
+
+def set_deterministic(num_threads: int = 1) -> None:
+    """Deterministic CPU torch: fixed intra-op threads and deterministic kernels (same seed, same numbers)."""
+    torch.set_num_threads(num_threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
 
 def policy_spec(cfg: TrainConfig, models: list[str], tau: float, encoder: str, embed_dim: int) -> PolicySpec:
     """The policy architecture a config asks for."""
     return PolicySpec(
-        models=models, tau=tau, encoder=encoder, embed_dim=embed_dim, pref_dim=cfg.pref_dim,
-        hidden_dim=cfg.hidden_dim, head=cfg.head, dropout=cfg.dropout,
+        models=models,
+        tau=tau,
+        encoder=encoder,
+        embed_dim=embed_dim,
+        pref_dim=cfg.pref_dim,
+        hidden_dim=cfg.hidden_dim,
+        head=cfg.head,
+        dropout=cfg.dropout,
     )
 
 
@@ -97,81 +130,87 @@ class ReinforceLearner:
         self.cfg = cfg
         self.tau = tau
         self.batch_size = batch_size
-        params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.device = next(policy.parameters()).device
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.step_count = 0
+        # optimiser, lr / entropy schedules, RNG and step count: shared with the off-policy learner
+        self.optim = PolicyOptimizer(policy, cfg, seed)
+        self.device = self.optim.device
 
-    def step(self, data: PolicyData) -> dict[str, float]:
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.optim.optimizer
+
+    @property
+    def generator(self) -> torch.Generator:
+        return self.optim.generator
+
+    @property
+    def step_count(self) -> int:
+        return self.optim.step_count
+
+    def step(self, data: PolicyData | StreamingPolicyData) -> dict[str, float]:
+        """One update from `batch_size` prompts x `samples_per_prompt` sampled models (bandit feedback).
+
+        With ``w_samples = M > 1`` each observed (a, q, c) also trains the policy at M - 1 further preferences
+        w' (free: q and c do not depend on w): the term is importance-weighted by pi(a|x,w') / pi(a|x,w),
+        clipped at `ratio_clip`, since a was drawn under w.
+        """
         cfg, n = self.cfg, self.batch_size
-        idx = torch.randint(len(data), (n,), generator=self.generator, device=self.device)
+        x, q_all, c_all = data.sample(n, self.generator)
         w_cost = sample_preferences(n, self.generator, self.device)
-        logits = self.policy(data.embeddings[idx], preference_tensor(w_cost))
+        logits = self.policy(x, preference_tensor(w_cost))
         log_probs = torch.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
 
         m = cfg.samples_per_prompt
         actions = torch.multinomial(probs.detach(), m, replacement=True, generator=self.generator)  # (n, m)
-        q = data.scores[idx].gather(1, actions)  # bandit feedback: only the chosen model's outcome
-        c = data.costs[idx].gather(1, actions)
+        q = q_all.gather(1, actions)  # bandit feedback: only the chosen model's outcome
+        c = c_all.gather(1, actions)
         r = reward(q, c, w_cost.unsqueeze(1), self.tau)
         advantage = advantages(r, w_cost, cfg.baseline_bins, cfg.normalize_advantage)
         chosen_log_prob = log_probs.gather(1, actions)
         entropy = -(probs * log_probs).sum(dim=-1).mean()
         beta = entropy_coefficient(cfg, self.step_count)
-        loss = -(advantage.detach() * chosen_log_prob).mean() - beta * entropy
+        pg = -(advantage.detach() * chosen_log_prob).mean()
+        if cfg.w_samples > 1:
+            pg = (pg + self._rescalarised_loss(x, actions, q, c, chosen_log_prob.detach())) / cfg.w_samples
+        loss = pg - beta * entropy
         self.apply(loss)
         return {"loss": loss.item(), "reward": r.mean().item(), "entropy": entropy.item(), "beta": beta}
 
+    def _rescalarised_loss(self, x, actions, q, c, behaviour_log_prob) -> torch.Tensor:
+        """Sum over M - 1 fresh preferences of the clipped importance-weighted policy-gradient loss."""
+        cfg, n = self.cfg, x.shape[0]
+        extra = cfg.w_samples - 1
+        w2 = sample_preferences(n * extra, self.generator, self.device)  # (n * extra,)
+        log_probs = torch.log_softmax(self.policy(x.repeat(extra, 1), preference_tensor(w2)), dim=-1)
+        a2 = actions.repeat(extra, 1)
+        lp = log_probs.gather(1, a2)
+        ratio = torch.exp(lp.detach() - behaviour_log_prob.repeat(extra, 1)).clamp(max=cfg.ratio_clip)
+        r2 = reward(q.repeat(extra, 1), c.repeat(extra, 1), w2.unsqueeze(1), self.tau)
+        adv = advantages(r2, w2, cfg.baseline_bins, cfg.normalize_advantage)
+        return -(ratio * adv.detach() * lp).mean() * extra
+
     def apply(self, loss: torch.Tensor) -> None:
         """One optimizer step on `loss`: scheduled lr, clipped gradients, step counter."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg, self.step_count)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.step_count += 1
+        self.optim.apply(loss)
 
     def state_dict(self) -> dict:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "step_count": self.step_count,
-            "generator": self.generator.get_state(),
-        }
+        return self.optim.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step_count = int(state["step_count"])
-        self.generator.set_state(state["generator"].cpu())  # RNG state is a CPU ByteTensor
+        self.optim.load_state_dict(state)
 
 
-@torch.no_grad()
-def greedy_curve(policy: BarpPolicy, data: PolicyData, w_grid: np.ndarray) -> dict[str, np.ndarray]:
-    """Mean score, cost and reward of argmax routing at each w_c of the grid."""
-    was_training = policy.training
-    policy.eval()
-    tau = policy.spec.tau
-    scores, costs, rewards = [], [], []
-    rows = torch.arange(len(data), device=data.embeddings.device)
-    for wc in w_grid:
-        w = preference_tensor(float(wc), len(data), device=data.embeddings.device)
-        choice = policy(data.embeddings, w).argmax(dim=-1)
-        q, c = data.scores[rows, choice], data.costs[rows, choice]
-        scores.append(float(q.mean()))
-        costs.append(float(c.mean()))
-        rewards.append(float(reward(q, c, float(wc), tau).mean()))
-    policy.train(was_training)
-    return {"w_cost": np.asarray(w_grid), "score": np.array(scores), "cost": np.array(costs),
-            "reward": np.array(rewards)}
+def greedy_curve(policy: BarpPolicy, data: PolicyData, grid: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean score, cost and reward of argmax routing at each w_c of the grid (`barp_ray.objective`)."""
+    curve = objective_greedy_curve(policy, data.embeddings, data.scores, data.costs, grid, policy.spec.tau)
+    return {"w_cost": curve.w_cost, "score": curve.score, "cost": curve.cost, "reward": curve.reward}
 
 
 def validation_metrics(policy: BarpPolicy, data: PolicyData, grid_points: int = 11) -> dict[str, float]:
     """`val_reward` (mean greedy reward over the w grid) and `val_aiq` on the validation split."""
     from barp_ray.evaluation.metrics import aiq
 
-    curve = greedy_curve(policy, data, np.linspace(0.0, 1.0, grid_points))
+    curve = greedy_curve(policy, data, w_grid(grid_points))
     single_costs = data.costs.mean(dim=0).cpu().numpy()
     out = {
         "val_reward": float(curve["reward"].mean()),

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from barp_ray.config import JobConfig
+from barp_ray.config import JobConfig, LocalPath, Location
 from barp_ray.training.config import TrainConfig
 
 TAU_SCALE = "tau_scale"  # pseudo-parameter: tau = derived tau (from tau_rule) x this factor
@@ -83,20 +83,20 @@ def default_space() -> dict[str, ParamSpec]:
 class SweepConfig(JobConfig):
     """Config of `barp tune`: the base training config, the search space, searcher and scheduler."""
 
-    data: str = Field(default="runs/demo/data", description="prepared + embedded shard directory")
-    out_dir: Path = Field(default=Path("runs/tune"), description="best_config.yaml, best_policy/, results")
-    storage_path: str | None = Field(
+    data: Location = Field(default="runs/demo/data", description="prepared + embedded shard directory")
+    out_dir: LocalPath = Field(default=Path("runs/tune"), description="best_config.yaml, best_policy/, results")
+    storage_path: Location | None = Field(
         default=None, description="Tune + Train storage: local path or s3:// URI (default <out_dir>/ray)"
     )
     name: str = Field(default="barp-sweep", description="Tune experiment name under storage_path")
     overwrite: bool = Field(default=False, description="delete an earlier sweep of the same name first")
     num_samples: int = Field(default=8, ge=1, description="trials in all (the default config included)")
-    max_concurrent_trials: int = Field(default=2, ge=1)
+    max_concurrent_trials: int = Field(default=2, ge=1, description="trials running at once")
     metric: Literal["val_aiq", "val_reward"] = Field(
         default="val_aiq", description="maximised; computed on the validation split carved from train"
     )
-    search_alg: Literal["optuna", "random"] = "optuna"
-    scheduler: Literal["asha", "fifo"] = "asha"
+    search_alg: Literal["optuna", "random"] = Field(default="optuna", description="Tune search algorithm")
+    scheduler: Literal["asha", "fifo"] = Field(default="asha", description="trial scheduler (asha stops early)")
     grace_period: int = Field(default=2, ge=1, description="ASHA: epochs every trial gets")
     reduction_factor: int = Field(default=3, ge=2, description="ASHA: keep 1/reduction_factor per rung")
     include_default: bool = Field(default=True, description="evaluate the base config as the first trial")
@@ -108,12 +108,14 @@ class SweepConfig(JobConfig):
         default=True, description="a local Ray started by `barp tune` runs the dashboard (and the State API)"
     )
     time_budget_s: float | None = Field(default=None, gt=0, description="stop starting trials after this")
-    seed: int = 0
+    seed: int = Field(default=0, description="seed of the searcher")
     base: dict[str, Any] = Field(
         default_factory=lambda: {"epochs": 6, "steps_per_epoch": 60},
         description="TrainConfig fields fixed for every trial (epochs, steps_per_epoch, use_gpu, ...)",
     )
-    space: dict[str, ParamSpec] = Field(default_factory=default_space)
+    space: dict[str, ParamSpec] = Field(
+        default_factory=default_space, description="searched TrainConfig fields (and tau_scale) -> range"
+    )
 
     @model_validator(mode="after")
     def _check_fields(self) -> SweepConfig:

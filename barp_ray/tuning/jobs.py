@@ -28,14 +28,32 @@ from pathlib import Path
 
 # Never upload these with `--working-dir` (Ray 2.60 rejects packages over 100 MiB with HTTP 413).
 JOB_EXCLUDES = [
-    ".git", ".venv", "venv", "runs", ".barp_cache", "**/__pycache__", "*.egg-info", ".ruff_cache",
-    ".pytest_cache", ".whl", ".gl", "*.parquet", "*.pt", "*.whl",
+    ".git",
+    ".venv",
+    "venv",
+    "runs",
+    ".barp_cache",
+    "**/__pycache__",
+    "*.egg-info",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".whl",
+    ".gl",
+    "*.parquet",
+    "*.pt",
+    "*.whl",
 ]
 AUTH_TOKEN_FILE = "auth_token"
 _PORT_FLAGS = (
-    "--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
-    "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
-    "--node-manager-port", "--object-manager-port",
+    "--port",
+    "--dashboard-port",
+    "--ray-client-server-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
 )
 
 
@@ -165,6 +183,7 @@ class LocalHead:
         """A full environment for CLI clients: auth, RAY_ADDRESS = the dashboard, venv first on PATH."""
         env = dict(os.environ if base is None else base)
         env.pop("RAY_AUTH_TOKEN", None)  # only the token file of this head counts
+        env.pop("RAY_API_SERVER_ADDRESS", None)  # a local `connect()` exports its own dashboard: not this head's
         env.update(self.auth_env())
         env["RAY_ADDRESS"] = self.dashboard_url
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -180,22 +199,43 @@ class LocalHead:
             self.token_path.chmod(0o600)
         env = self.client_env()
         env.pop("RAY_ADDRESS")
-        env.update({
-            "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # nothing to drain on a local head: stop at once
-            **self.extra_env,
-        })
+        env.update(
+            {
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # nothing to drain on a local head: stop at once
+                **self.extra_env,
+            }
+        )
         cmd = [
-            *_ray_cli(), "start", "--head", "--block", "--disable-usage-stats",
-            "--temp-dir", str(self.temp_dir), "--num-cpus", str(self.num_cpus), "--num-gpus", "0",
-            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
+            *_ray_cli(),
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(self.temp_dir),
+            "--num-cpus",
+            str(self.num_cpus),
+            "--num-gpus",
+            "0",
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--node-ip-address",
+            "127.0.0.1",
         ]
         for flag, port in self.ports.items():
             cmd += [flag, str(port)]
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() never touches another cluster
         )
         deadline = time.monotonic() + self.start_timeout_s
@@ -209,7 +249,7 @@ class LocalHead:
         self.stop()
         raise TimeoutError(f"Ray head not up after {self.start_timeout_s:.0f}s:\n{self.log_tail()}")
 
-    def request(self, path: str, token: str | None | bool = True, timeout: float = 10.0) -> tuple[int, str]:
+    def request(self, path: str, token: str | bool | None = True, timeout: float = 10.0) -> tuple[int, str]:
         """GET a dashboard path; token=True sends this head's token, a string sends that one, None none."""
         req = urllib.request.Request(self.dashboard_url + path)
         send = self.token if token is True else (token or None)

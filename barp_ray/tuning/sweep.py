@@ -85,21 +85,18 @@ def _report_callbacks() -> list:
     callback in the driver) removes that group once the controller is dead.
     """
     import ray
-    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    class WorkerGroupProbe(WorkerGroupCallback):
+    from barp_ray.ray_compat import placement_group_id, worker_group_callback_base
+
+    class WorkerGroupProbe(worker_group_callback_base()):
         """Runs in the Train controller: remembers the current worker group's placement group."""
 
         def __init__(self) -> None:
             self.pg_id: str | None = None
 
         def after_worker_group_start(self, worker_group) -> None:
-            try:
-                handle = worker_group.get_worker_group_state().placement_group_handle
-                self.pg_id = handle.placement_group.id.hex()
-            except Exception:  # noqa: BLE001 - best effort: only the cleanup depends on it
-                self.pg_id = None
+            self.pg_id = placement_group_id(worker_group)
 
     class ReportWithIds(TuneReportCallback):
         def __init__(self, probe: WorkerGroupProbe) -> None:
@@ -164,9 +161,11 @@ def _placement_group_reaper():
             import ray
             from ray.util.placement_group import PlacementGroup, remove_placement_group
 
+            from barp_ray.ray_compat import actor_state
+
             for pg_id, controller in list(self.pending.items()):
                 try:
-                    if ray._private.state.actors(actor_id=controller).get("State") != "DEAD":
+                    if actor_state(controller) != "DEAD":
                         continue  # a live controller removes its own group (or still uses it)
                     pg = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id)))
                     if ray.util.placement_group_table(pg).get("state") not in (None, "REMOVED"):
@@ -347,25 +346,14 @@ def _markdown(cfg: SweepConfig, outcome: SweepOutcome) -> str:
 
 
 def connect_ray(cfg: SweepConfig, address: str | None = None) -> str | None:
-    """Connect to `address` / $RAY_ADDRESS, else start a local Ray sized for the sweep; the dashboard URL."""
-    import os
+    """Connect to `address` / $RAY_ADDRESS, else start a local Ray sized for the sweep; the dashboard URL.
 
-    import ray
+    Locally: more logical CPUs than cores, since trial drivers and Train workers take fractions and Ray
+    Data's read tasks need a whole free CPU (with none free, a trial's parquet read never starts).
+    """
+    from barp_ray.ray_connect import connect
 
-    if ray.is_initialized():
-        return None
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ctx = ray.init(address=address)
-    else:
-        # More logical CPUs than cores: trial drivers and Train workers take fractions, and Ray Data's read
-        # tasks need a whole free CPU (with none free, a trial's parquet read never starts).
-        ctx = ray.init(
-            num_cpus=cfg.local_num_cpus, include_dashboard=cfg.local_dashboard, dashboard_host="127.0.0.1"
-        )
-    url = getattr(ctx, "dashboard_url", None)
-    return f"http://{url}" if url and "://" not in url else url
+    return connect(address, num_cpus=cfg.local_num_cpus, dashboard=cfg.local_dashboard)
 
 
 def _claim_storage(cfg: SweepConfig) -> None:
@@ -375,7 +363,8 @@ def _claim_storage(cfg: SweepConfig) -> None:
     storage = cfg.resolved_storage()
     fs, root = pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
     existing = [
-        p for p in (f"{root}/{cfg.name}", f"{root}/{cfg.name}-train")
+        p
+        for p in (f"{root}/{cfg.name}", f"{root}/{cfg.name}-train")
         if fs.get_file_info(p).type != pafs.FileType.NotFound
     ]
     if existing and not cfg.overwrite:
@@ -403,8 +392,10 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
 
     base = cfg.base_config()
     best_cfg = trial_train_config(
-        base.model_dump(mode="json", exclude={"storage_path", "name"}), best_params,
-        base.storage_path, f"{cfg.name}-best",
+        base.model_dump(mode="json", exclude={"storage_path", "name"}),
+        best_params,
+        base.storage_path,
+        f"{cfg.name}-best",
     )
     defaults = trials[trials[DEFAULT_TAG]]
     out = cfg.out_dir

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from h2_apps import guard_app  # noqa: F401 (the app of test_bad_input.py + test_isolation.py, deployed once)
 from serve_helpers import APP_NAME, free_port, wait_until
 
 from barp_ray.config import default_data_dir
@@ -44,15 +45,8 @@ class TinyPolicy:
     cheap_choice: str  # argmax at w_c = 1 on `probe`
 
 
-def _data_dir() -> Path:
-    data = default_data_dir()
-    if not data.exists():
-        pytest.skip(f"RouterBench data not found at {data} (set BARP_DATA_DIR)")
-    return data
-
-
 @pytest.fixture(scope="session")
-def tiny_policy(tmp_path_factory) -> TinyPolicy:
+def tiny_policy(routerbench_dir, tmp_path_factory) -> TinyPolicy:
     """A real BaRP policy: MiniLM embeddings of 48 RouterBench prompts, REINFORCE for 400 steps (seconds)."""
     import torch
 
@@ -68,7 +62,7 @@ def tiny_policy(tmp_path_factory) -> TinyPolicy:
     from barp_ray.training.config import TrainConfig
     from barp_ray.training.loop import PolicyData, ReinforceLearner, policy_spec
 
-    raw = load_raw(_data_dir(), models=TEST_MODELS)
+    raw = load_raw(routerbench_dir, models=TEST_MODELS)
     table, _ = validate(raw)
     table = table.where_split("train")
     rng = np.random.default_rng(0)
@@ -82,8 +76,17 @@ def tiny_policy(tmp_path_factory) -> TinyPolicy:
     table.embeddings = encode(encoder, table.prompts)
     table.encoder = DEFAULT_ENCODER
 
-    cfg = TrainConfig(epochs=1, steps_per_epoch=400, batch_size=256, lr=3e-3, hidden_dim=64, pref_dim=16,
-                      beta_start=0.05, beta_end=0.001, samples_per_prompt=4)
+    cfg = TrainConfig(
+        epochs=1,
+        steps_per_epoch=400,
+        batch_size=256,
+        lr=3e-3,
+        hidden_dim=64,
+        pref_dim=16,
+        beta_start=0.05,
+        beta_end=0.001,
+        samples_per_prompt=4,
+    )
     tau = TEST_TAU  # below gpt-4's mean cost so that the cheap models' cost differences matter
     policy = BarpPolicy(policy_spec(cfg, table.models, tau, DEFAULT_ENCODER, table.embeddings.shape[1]))
     learner = ReinforceLearner(policy, cfg, tau, batch_size=cfg.batch_size, seed=0)
@@ -111,10 +114,16 @@ def tiny_policy(tmp_path_factory) -> TinyPolicy:
     probe_index = int(differs[0]) if len(differs) else 0
     quality, cheap = int(at_quality[probe_index]), int(at_cost[probe_index])
     tp = TinyPolicy(
-        policy_dir=policy_dir, calibration=calibration, shards=out / "shards", models=list(table.models),
+        policy_dir=policy_dir,
+        calibration=calibration,
+        shards=out / "shards",
+        models=list(table.models),
         prompts=list(table.prompts),
-        prompt_ids=[str(p) for p in table.prompt_ids], mean_cost=mean_cost, probe=table.prompts[probe_index],
-        quality_choice=table.models[quality], cheap_choice=table.models[cheap],
+        prompt_ids=[str(p) for p in table.prompt_ids],
+        mean_cost=mean_cost,
+        probe=table.prompts[probe_index],
+        quality_choice=table.models[quality],
+        cheap_choice=table.models[cheap],
     )
     assert mean_cost[tp.cheap_choice] < mean_cost[tp.quality_choice], (
         f"the tiny policy did not learn the preference: w_c=0 -> {tp.quality_choice}, w_c=1 -> {tp.cheap_choice}"
@@ -138,7 +147,7 @@ class ServeApp:
 def app_config(policy: TinyPolicy, log_dir: Path, keys_file: Path, failing_model: str) -> dict:
     upstreams = []
     for m in policy.models:
-        replay = {"data": str(_data_dir()), "stream_chunk_chars": 8}
+        replay = {"data": str(default_data_dir()), "stream_chunk_chars": 8}  # checked by routerbench_dir
         if m == failing_model:
             replay["error_rate"] = 1.0
         upstreams.append({"model": m, "kind": "replay", "replay": replay, "timeout_s": 20})
@@ -148,10 +157,16 @@ def app_config(policy: TinyPolicy, log_dir: Path, keys_file: Path, failing_model
         "calibration": str(policy.calibration),
         "default_preference": {"quality": 0.5, "cost": 0.5},
         "upstreams": upstreams,
-        "router": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 64,
-                   "graceful_shutdown_timeout_s": 2, "health_check_period_s": 2},
+        "router": {
+            "min_replicas": 1,
+            "max_replicas": 1,
+            "num_cpus": 0.5,
+            "max_ongoing_requests": 64,
+            "health_check_period_s": 2,
+        },
         "batching": {"enabled": True, "max_batch_size": 8, "batch_wait_timeout_s": 0.005},
-        "fallback": {"max_fallbacks": 2},
+        # the failing model fails on every call (the fallback tests count on it): no breaker skipping it here
+        "fallback": {"max_fallbacks": 2, "breaker_failures": 0},
         "auth": {"enabled": True, "api_keys_env": None, "api_keys_file": str(keys_file)},
         "limits": {"max_prompt_chars": 20_000, "max_messages": 16},
         "decision_log": {"path": str(log_dir), "flush_interval_s": 0.5, "flush_rows": 64},

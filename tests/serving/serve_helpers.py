@@ -33,6 +33,7 @@ def router_replica_actor_names(app_name: str = APP_NAME) -> list[str]:
     import ray
 
     return [
-        a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
         if a["name"].startswith(f"SERVE_REPLICA::{app_name}#BarpRouter#")
     ]

@@ -34,8 +34,14 @@ def _small_policy(models: list[str], seed: int = 0):
     from barp_ray.policy.model import BarpPolicy, PolicySpec
 
     torch.manual_seed(seed)
-    spec = PolicySpec(models=models, tau=0.002, encoder="sentence-transformers/all-MiniLM-L6-v2", embed_dim=384,
-                      pref_dim=8, hidden_dim=16)
+    spec = PolicySpec(
+        models=models,
+        tau=0.002,
+        encoder="sentence-transformers/all-MiniLM-L6-v2",
+        embed_dim=384,
+        pref_dim=8,
+        hidden_dim=16,
+    )
     return BarpPolicy(spec).eval()
 
 
@@ -64,8 +70,10 @@ def test_coalescer_never_mixes_two_policies_in_one_pass():
     async def scenario():
         first = asyncio.create_task(coalescer.run(["a"], [0.0]))  # default fn: old
         await asyncio.sleep(0.05)
-        queued = [asyncio.create_task(coalescer.run([t], [0.0], fn)) for t, fn in
-                  (("bb", old), ("ccc", new), ("dddd", new), ("eeeee", old))]
+        queued = [
+            asyncio.create_task(coalescer.run([t], [0.0], fn))
+            for t, fn in (("bb", old), ("ccc", new), ("dddd", new), ("eeeee", old))
+        ]
         await asyncio.sleep(0.05)
         gate.set()
         return await first, await asyncio.gather(*queued)
@@ -106,17 +114,29 @@ def test_check_policy_refuses_missing_and_incompatible_checkpoints(tmp_path):
 
 
 def _details(source: str = "declarative") -> dict:
-    router_app = {"name": "barp", "route_prefix": "/", "import_path": "barp_ray.serving.app:build_app",
-                  "args": {"policy": "/p/a"}, "runtime_env": {"env_vars": {"X": "1"}},
-                  "deployments": [{"name": "upstream-m1", "num_replicas": 2}]}
+    router_app = {
+        "name": "barp",
+        "route_prefix": "/",
+        "import_path": "barp_ray.serving.app:build_app",
+        "args": {"policy": "/p/a"},
+        "runtime_env": {"env_vars": {"X": "1"}},
+        "deployments": [{"name": "upstream-m1", "num_replicas": 2}],
+    }
     other = {"name": "other", "route_prefix": "/other", "import_path": "mod:app", "args": {"k": 1}}
     replicas = [{"replica_id": "r1", "state": "RUNNING", "pid": 1}, {"replica_id": "r0", "state": "STOPPING"}]
-    return {"target_capacity": None, "applications": {
-        "barp": {"source": source, "status": "RUNNING", "deployed_app_config": router_app if source ==
-                 "declarative" else None, "deployments": {"BarpRouter": {"replicas": replicas}}},
-        "other": {"source": "declarative", "deployed_app_config": other, "deployments": {}},
-        "py": {"source": "imperative", "deployed_app_config": None, "deployments": {}},
-    }}
+    return {
+        "target_capacity": None,
+        "applications": {
+            "barp": {
+                "source": source,
+                "status": "RUNNING",
+                "deployed_app_config": router_app if source == "declarative" else None,
+                "deployments": {"BarpRouter": {"replicas": replicas}},
+            },
+            "other": {"source": "declarative", "deployed_app_config": other, "deployments": {}},
+            "py": {"source": "imperative", "deployed_app_config": None, "deployments": {}},
+        },
+    }
 
 
 def test_deploy_schema_changes_only_the_router_user_config():
@@ -130,10 +150,13 @@ def test_deploy_schema_changes_only_the_router_user_config():
     for name in after:  # same code version: Serve applies it as an in-place override, no rebuild
         assert get_app_code_version(after[name]) == get_app_code_version(before[name])
     assert get_app_code_version(before["barp"]) == get_app_code_version(
-        ServeApplicationSchema.model_validate(details["applications"]["barp"]["deployed_app_config"]))
+        ServeApplicationSchema.model_validate(details["applications"]["barp"]["deployed_app_config"])
+    )
     deployments = {d.name: d.model_dump(exclude_unset=True) for d in after["barp"].deployments}
-    assert deployments == {"upstream-m1": {"name": "upstream-m1", "num_replicas": 2},
-                           "BarpRouter": {"name": "BarpRouter", "user_config": {"policy": "/p/b"}}}
+    assert deployments == {
+        "upstream-m1": {"name": "upstream-m1", "num_replicas": 2},
+        "BarpRouter": {"name": "BarpRouter", "user_config": {"policy": "/p/b"}},
+    }
     assert after["other"].model_dump(exclude_unset=True) == before["other"].model_dump(exclude_unset=True)
     assert rollout_mod._router_replicas(details["applications"]["barp"]).keys() == {"r1"}
 
@@ -143,7 +166,7 @@ def test_rollout_refuses_an_app_deployed_from_python(monkeypatch):
         def get_serve_details(self):
             return _details("imperative")
 
-    monkeypatch.setattr(rollout_mod, "_client", FakeClient)
+    monkeypatch.setattr(rollout_mod, "_client", lambda address=None: FakeClient())
     with pytest.raises(RolloutError, match=r"deployed from Python \(serve.run\).*restart all replicas"):
         rollout_mod.rollout("/p/b", app="barp")
     with pytest.raises(RolloutError, match="no Serve application 'nope'"):
@@ -177,8 +200,10 @@ class Traffic:
     def __post_init__(self):
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._loop, args=(kind, n), daemon=True)
-                        for n, kind in enumerate(("route", "route", "chat"))]
+        self.threads = [
+            threading.Thread(target=self._loop, args=(kind, n), daemon=True)
+            for n, kind in enumerate(("route", "route", "chat"))
+        ]
 
     def start(self) -> Traffic:
         for t in self.threads:
@@ -210,11 +235,19 @@ class Traffic:
                         r = client.post("/v1/route", json={"prompt": prompt, "preference": pref})
                         info = r.json() if r.status_code == 200 else None
                     else:
-                        r = client.post("/v1/chat/completions",
-                                        json={"messages": [{"role": "user", "content": prompt}], "preference": pref})
+                        r = client.post(
+                            "/v1/chat/completions",
+                            json={"messages": [{"role": "user", "content": prompt}], "preference": pref},
+                        )
                         info = r.json()["barp"] if r.status_code == 200 else None
-                    res = Result(kind, n, started, time.monotonic(), info is not None,
-                                 error=None if info else f"HTTP {r.status_code}: {r.text[:300]}")
+                    res = Result(
+                        kind,
+                        n,
+                        started,
+                        time.monotonic(),
+                        info is not None,
+                        error=None if info else f"HTTP {r.status_code}: {r.text[:300]}",
+                    )
                     if info:
                         res.version, res.decision_id = info["policy_version"], info["decision_id"]
                         res.prompt, res.w_cost, res.probabilities = prompt, w, info["probabilities"]
@@ -239,9 +272,7 @@ class RolloutApp:
 
 
 def _replica_pids(app: str = ROLLOUT_APP) -> dict[str, dict[str, int]]:
-    from ray.serve.context import _get_global_client
-
-    deployments = _get_global_client().get_serve_details()["applications"][app]["deployments"]
+    deployments = rollout_mod.ServeRestClient().get_serve_details()["applications"][app]["deployments"]
     return {name: {r["replica_id"]: r["pid"] for r in d["replicas"]} for name, d in deployments.items()}
 
 
@@ -251,8 +282,6 @@ def rollout_app(serve_port, tiny_policy, tmp_path_factory) -> RolloutApp:
     import httpx
     import torch
     from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
 
     from barp_ray.config import default_data_dir
     from barp_ray.policy.checkpoint import load_policy, save_policy
@@ -272,25 +301,42 @@ def rollout_app(serve_port, tiny_policy, tmp_path_factory) -> RolloutApp:
     keys.write_text(API_KEY + "\n")
     log_dir = root / "decision-log"
     args = {
-        "name": "barp", "policy": str(tiny_policy.policy_dir), "calibration": str(tiny_policy.calibration),
+        "name": "barp",
+        "policy": str(tiny_policy.policy_dir),
+        "calibration": str(tiny_policy.calibration),
         "upstreams": [{"model": m, "kind": "replay", "replay": {"data": str(default_data_dir())}} for m in upstreams],
-        "router": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.25, "graceful_shutdown_timeout_s": 2},
+        "router": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.25},
         "batching": {"enabled": True, "max_batch_size": 8, "batch_wait_timeout_s": 0.005},
         "auth": {"enabled": True, "api_keys_env": None, "api_keys_file": str(keys)},
         "decision_log": {"path": str(log_dir), "flush_interval_s": 0.5, "flush_rows": 64},
     }
-    config = ServeDeploySchema.model_validate({"applications": [{
-        "name": ROLLOUT_APP, "route_prefix": PREFIX, "import_path": "barp_ray.serving.app:build_app", "args": args,
-        "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
-    }]})
-    _get_global_client().deploy_apps(config)
+    rollout_mod.deploy_app(
+        {  # Serve's public REST API (PUT /api/serve/applications/), as `serve deploy` does
+            "name": ROLLOUT_APP,
+            "route_prefix": PREFIX,
+            "import_path": "barp_ray.serving.app:build_app",
+            "args": args,
+            "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
+        }
+    )
     base_url = f"http://127.0.0.1:{serve_port}{PREFIX}"
-    wait_until(lambda: serve.status().applications[ROLLOUT_APP].status == "RUNNING", 180, interval=1.0,
-               what=f"the {ROLLOUT_APP} app")
+    wait_until(
+        lambda: serve.status().applications[ROLLOUT_APP].status == "RUNNING",
+        600,
+        interval=1.0,
+        what=f"the {ROLLOUT_APP} app",
+    )
     wait_until(lambda: httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200, 60, what="/rollout/healthz")
-    yield RolloutApp(base_url, log_dir, upstreams, Path(tiny_policy.policy_dir), Path(policy_b), Path(foreign),
-                     tiny_policy.prompts[:12])
-    serve.delete(ROLLOUT_APP)
+    yield RolloutApp(
+        base_url,
+        log_dir,
+        upstreams,
+        Path(tiny_policy.policy_dir),
+        Path(policy_b),
+        Path(foreign),
+        tiny_policy.prompts[:12],
+    )
+    rollout_mod.delete_app(ROLLOUT_APP)
 
 
 def _expected(app: RolloutApp, policy: Path, encoder=None):
@@ -313,7 +359,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(1200)
 def test_rollout_swaps_versions_while_requests_keep_succeeding(rollout_app, capsys):
     import httpx
 
@@ -346,8 +392,12 @@ def test_rollout_swaps_versions_while_requests_keep_succeeding(rollout_app, caps
     swapped = time.monotonic()
     out = capsys.readouterr().out
     assert f"policy {v_a} -> {v_b}" in out and "no replica was restarted" in out, out
-    wait_until(lambda: traffic.count(after=swapped) >= 12 and traffic.count(after=swapped, kind="chat") >= 2, 120,
-               interval=0.2, what="traffic after the rollout")
+    wait_until(
+        lambda: traffic.count(after=swapped) >= 12 and traffic.count(after=swapped, kind="chat") >= 2,
+        120,
+        interval=0.2,
+        what="traffic after the rollout",
+    )
     results = traffic_results = traffic.stop()
 
     failed = [r for r in results if not r.ok]
@@ -398,5 +448,7 @@ def test_rollout_swaps_versions_while_requests_keep_succeeding(rollout_app, caps
     (status,) = rollout_mod.replica_statuses(ROLLOUT_APP, set(pids_before["BarpRouter"])).values()
     assert status["policy"] == str(app.policy_b) and status["policy_loads"] == 2  # a, b; the revert loaded nothing
     during = [r.ended - r.started for r in traffic_results if r.ended > t0 and r.started < swapped]
-    print(f"rollout took {rollout_s:.1f}s; {len(ids)} decisions in the first traffic window, none failed; slowest "
-          f"request overlapping the rollout: {max(during, default=0.0):.2f}s")
+    print(
+        f"rollout took {rollout_s:.1f}s; {len(ids)} decisions in the first traffic window, none failed; slowest "
+        f"request overlapping the rollout: {max(during, default=0.0):.2f}s"
+    )

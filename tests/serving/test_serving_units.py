@@ -32,16 +32,25 @@ def test_preference_on_the_simplex():
     assert Preference(quality=0.7, cost=0.3).w_cost == pytest.approx(0.3)
     assert Preference(cost=0.2).w_cost == pytest.approx(0.2)
     assert Preference(quality=0.9).w_cost == pytest.approx(0.1)
-    for bad, word in [({"quality": 0.5, "cost": 0.6}, "sum to 1"), ({"cost": -0.1}, ">= 0"),
-                      ({"quality": 1.5}, "<= 1"), ({}, "quality and/or cost"), ({"cost": float("nan")}, "finite")]:
+    for bad, word in [
+        ({"quality": 0.5, "cost": 0.6}, "sum to 1"),
+        ({"cost": -0.1}, ">= 0"),
+        ({"quality": 1.5}, "<= 1"),
+        ({}, "quality and/or cost"),
+        ({"cost": float("nan")}, "finite"),
+    ]:
         with pytest.raises(ValidationError, match=word):
             Preference(**bad)
 
 
 def test_budget_needs_exactly_one_target():
     assert Budget(max_cost_per_query=0.001).max_cost_per_query == 0.001
-    for bad in [{}, {"max_cost_per_query": 1, "max_largest_share": 0.1}, {"max_cost_per_query": -1},
-                {"max_largest_share": 1.5}]:
+    for bad in [
+        {},
+        {"max_cost_per_query": 1, "max_largest_share": 0.1},
+        {"max_cost_per_query": -1},
+        {"max_largest_share": 1.5},
+    ]:
         with pytest.raises(ValidationError):
             Budget(**bad)
 
@@ -116,10 +125,24 @@ def test_choose_sample_and_epsilon_propensities():
 
 # ---- decision log -----------------------------------------------------------------------------------------
 def _row(i: int, **extra) -> dict:
-    return {"decision_id": f"{i:032x}", "decided_at": utcnow(), "endpoint": "chat", "prompt_id": f"p{i}",
-            "prompt_hash": f"{i:016x}", "prompt": f"prompt {i}", "w_cost": 0.25, "chosen_model": "m1",
-            "chosen_index": 1, "probability": 0.6, "propensity": 1.0, "probabilities": [0.4, 0.6],
-            "policy_version": "v1", "status": "ok", "cost_usd": 0.001, **extra}
+    return {
+        "decision_id": f"{i:032x}",
+        "decided_at": utcnow(),
+        "endpoint": "chat",
+        "prompt_id": f"p{i}",
+        "prompt_hash": f"{i:016x}",
+        "prompt": f"prompt {i}",
+        "w_cost": 0.25,
+        "chosen_model": "m1",
+        "chosen_index": 1,
+        "probability": 0.6,
+        "propensity": 1.0,
+        "probabilities": [0.4, 0.6],
+        "policy_version": "v1",
+        "status": "ok",
+        "cost_usd": 0.001,
+        **extra,
+    }
 
 
 def test_decision_log_roundtrip_and_feedback_join(tmp_path):
@@ -146,8 +169,8 @@ def test_decision_log_roundtrip_and_feedback_join(tmp_path):
     assert read_policies(tmp_path / "log") == {"v1": {"models": ["m0", "m1"]}}
     assert frame.loc[f"{3:032x}"]["feedback_score"] == 0.5  # buffered feedback, written by flush
     assert len(read_decisions(tmp_path / "log", f"{2:032x}")) == 1 and len(read_feedback(tmp_path / "log")) == 3
-    files = list((tmp_path / "log" / "decisions").glob("*.parquet"))
-    assert len(files) == 2 and not list((tmp_path / "log" / "decisions").glob(".tmp-*"))
+    files = list((tmp_path / "log" / "decisions").rglob("*.parquet"))
+    assert len(files) == 2 and not list((tmp_path / "log" / "decisions").rglob(".tmp-*"))
     assert pq.read_schema(files[0]).field("decided_at").type.tz == "UTC"
 
 
@@ -177,10 +200,21 @@ def test_decision_log_is_bounded_and_survives_a_failing_store(tmp_path):
 
 # ---- calibration ------------------------------------------------------------------------------------------
 def _calibration() -> Calibration:
-    rows = [CalibrationRow(0.0, 0.0050, 0.88, 0.9), CalibrationRow(0.5, 0.0010, 0.80, 0.1),
-            CalibrationRow(0.8, 0.0004, 0.75, 0.0), CalibrationRow(1.0, 0.0001, 0.60, 0.0)]
-    return Calibration(models=["a", "b"], largest_model="b", rows=rows, model_mean_cost={"a": 1e-4, "b": 5e-3},
-                       model_mean_score={"a": 0.6, "b": 0.88}, num_prompts=10, split="val")
+    rows = [
+        CalibrationRow(0.0, 0.0050, 0.88, 0.9),
+        CalibrationRow(0.5, 0.0010, 0.80, 0.1),
+        CalibrationRow(0.8, 0.0004, 0.75, 0.0),
+        CalibrationRow(1.0, 0.0001, 0.60, 0.0),
+    ]
+    return Calibration(
+        models=["a", "b"],
+        largest_model="b",
+        rows=rows,
+        model_mean_cost={"a": 1e-4, "b": 5e-3},
+        model_mean_score={"a": 0.6, "b": 0.88},
+        num_prompts=10,
+        split="val",
+    )
 
 
 def test_calibration_choice_rule(tmp_path):
@@ -197,8 +231,21 @@ def test_calibrate_cli_and_serve_config_cli(tiny_policy, tmp_path, capsys):
     from barp_ray.cli import main
 
     out = tmp_path / "cal.json"
-    rc = main(["calibrate", "--policy", str(tiny_policy.policy_dir), "--data", str(tiny_policy.shards),
-               "--target-cost", "0.0004", "--grid-points", "11", "--out", str(out)])
+    rc = main(
+        [
+            "calibrate",
+            "--policy",
+            str(tiny_policy.policy_dir),
+            "--data",
+            str(tiny_policy.shards),
+            "--target-cost",
+            "0.0004",
+            "--grid-points",
+            "11",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and "| w_c |" in text and "**<- chosen**" in text and "chosen: w_c =" in text
     cal = Calibration.load(out)
@@ -209,8 +256,17 @@ def test_calibrate_cli_and_serve_config_cli(tiny_policy, tmp_path, capsys):
     again = calibrate_from_shards(str(tiny_policy.policy_dir), str(tiny_policy.shards), "val", 11)
     assert [r.mean_cost for r in again.rows] == [r.mean_cost for r in cal.rows]
     assert again.w_cost_for(Budget(max_cost_per_query=0.0)) >= chosen.w_cost
-    rc = main(["calibrate", "--policy", str(tiny_policy.policy_dir), "--data", str(tiny_policy.shards),
-               "--target-largest-share", "0.0"])
+    rc = main(
+        [
+            "calibrate",
+            "--policy",
+            str(tiny_policy.policy_dir),
+            "--data",
+            str(tiny_policy.shards),
+            "--target-largest-share",
+            "0.0",
+        ]
+    )
     assert rc in (0, 1) and "share to gpt-4-1106-preview" in capsys.readouterr().out
 
     yaml_out = tmp_path / "my.yaml"
@@ -235,8 +291,9 @@ def test_header_parsing_and_error_params():
             parse_preference_header(bad)
         assert info.value.param.startswith("x-barp-preference") and info.value.status == 400
     with pytest.raises(ValidationError) as info:
-        ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}],
-                                             "preference": {"quality": "a"}})
+        ChatCompletionRequest.model_validate(
+            {"messages": [{"role": "user", "content": "x"}], "preference": {"quality": "a"}}
+        )
     err = validation_error(info.value)
     assert err.param == "preference.quality" and err.message.startswith("preference.quality: ")
 
@@ -289,11 +346,23 @@ def test_decision_json_is_plain_json():
 
     from barp_ray.serving.router import decision_json
 
-    frame = pd.DataFrame({"a": [np.float64("nan")], "b": [pd.NaT], "c": [np.array([0.5, 0.5], np.float32)],
-                          "d": [pd.Timestamp("2024-01-01", tz="UTC")], "e": [np.int16(3)]})
+    frame = pd.DataFrame(
+        {
+            "a": [np.float64("nan")],
+            "b": [pd.NaT],
+            "c": [np.array([0.5, 0.5], np.float32)],
+            "d": [pd.Timestamp("2024-01-01", tz="UTC")],
+            "e": [np.int16(3)],
+        }
+    )
     out = decision_json(frame)
-    assert json.loads(json.dumps(out)) == {"a": None, "b": None, "c": [0.5, 0.5], "d": "2024-01-01T00:00:00+00:00",
-                                           "e": 3}
+    assert json.loads(json.dumps(out)) == {
+        "a": None,
+        "b": None,
+        "c": [0.5, 0.5],
+        "d": "2024-01-01T00:00:00+00:00",
+        "e": 3,
+    }
 
 
 # ---- forward coalescing -----------------------------------------------------------------------------------

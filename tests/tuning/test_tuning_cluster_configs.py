@@ -26,7 +26,7 @@ def _barp_args(command: str) -> list[str]:
 def _parse_barp(argv: list[str]):
     from barp_ray import cli
 
-    cli._register_optional_commands()
+    cli.register_optional_commands()
     return cli.build_parser().parse_args(argv)
 
 
@@ -82,9 +82,13 @@ def test_kuberay_rayjob_manifest():
     _check_ray_cluster_spec(spec["rayClusterSpec"])
     assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
     args = _parse_barp(_barp_args(spec["entrypoint"]))  # the entrypoint is a valid `barp train` command
-    assert args.command == "train" and args.use_gpu and args.storage_path.startswith("s3://")
+    from barp_ray.cli_support import flag_overrides
+
+    given = flag_overrides(args)
+    assert args.command == "train" and given["use_gpu"] and given["storage_path"].startswith("s3://")
     gpu_groups = [
-        g for g in spec["rayClusterSpec"]["workerGroupSpecs"]
+        g
+        for g in spec["rayClusterSpec"]["workerGroupSpecs"]
         if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
     ]
     assert gpu_groups

@@ -26,8 +26,17 @@ def test_committed_sweep_configs_load(name):
 
 def test_issue_search_space_is_covered():
     space = SweepConfig.from_yaml(REPO / "tune" / "sweep.yaml").space
-    for key in ("lr", "beta_start", "beta_end", "beta_decay_fraction", "hidden_dim", "pref_dim", TAU_SCALE,
-                "batch_size", "head"):
+    for key in (
+        "lr",
+        "beta_start",
+        "beta_end",
+        "beta_decay_fraction",
+        "hidden_dim",
+        "pref_dim",
+        TAU_SCALE,
+        "batch_size",
+        "head",
+    ):
         assert key in space, key
     assert set(default_space()) <= set(space) | {"tau_rule"}
 
@@ -80,8 +89,11 @@ def test_trial_config_turns_tau_scale_into_a_concrete_tau(tmp_path):
 
     n = 12
     table = RoutingTable(
-        prompt_ids=[f"p{i}" for i in range(n)], prompts=[f"q {i}" for i in range(n)],
-        tasks=np.array(["t"] * n), models=["a", "b"], scores=np.ones((n, 2), np.float32),
+        prompt_ids=[f"p{i}" for i in range(n)],
+        prompts=[f"q {i}" for i in range(n)],
+        tasks=np.array(["t"] * n),
+        models=["a", "b"],
+        scores=np.ones((n, 2), np.float32),
         costs=np.tile(np.array([1e-4, 1e-3]), (n, 1)),
         split=np.array(["train"] * 8 + ["val"] * 2 + ["test"] * 2),
     )
@@ -96,11 +108,14 @@ def test_trial_config_turns_tau_scale_into_a_concrete_tau(tmp_path):
 def test_barp_tune_is_registered_in_the_cli():
     from barp_ray import cli
 
-    cli._register_optional_commands()
+    cli.register_optional_commands()
     parser = cli.build_parser()
     argv = ["tune", "--data", "d", "--num-samples", "8", "--out", "o", "--config", "c.yaml"]
     args = parser.parse_args(argv)
-    assert args.command == "tune" and args.num_samples == 8 and str(args.config) == "c.yaml"
+    assert args.command == "tune" and str(args.config) == "c.yaml"
+    from barp_ray.cli_support import flag_overrides
+
+    assert flag_overrides(args) == {"data": "d", "num_samples": 8, "out_dir": "o"}
 
 
 def test_build_tuner_uses_a_function_trainable_asha_and_optuna(tmp_path):

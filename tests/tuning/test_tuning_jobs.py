@@ -26,8 +26,11 @@ def test_runtime_env_excludes_data_caches_and_venv():
     env = job_runtime_env(["extra/"])
     assert {".venv", "runs", ".barp_cache", ".git"} <= set(env["excludes"]) and "extra/" in env["excludes"]
     out = subprocess.run(
-        [sys.executable, "-m", "barp_ray.tuning.jobs", "--runtime-env"], cwd=REPO, capture_output=True,
-        text=True, check=True,
+        [sys.executable, "-m", "barp_ray.tuning.jobs", "--runtime-env"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert json.loads(out)["excludes"] == JOB_EXCLUDES
 
@@ -48,9 +51,21 @@ def test_ray_job_submit_trains_on_a_token_authenticated_head(tuning_data, tmp_pa
         env = head.client_env()
         env["SUBMISSION_ID"] = f"barp-test-{uuid.uuid4().hex[:8]}"
         proc = subprocess.run(
-            ["bash", str(REPO / "scripts" / "submit_train.sh"), "--config", str(cfg_path),
-             "--storage-path", str(storage), "--name", "job-run"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+            [
+                "bash",
+                str(REPO / "scripts" / "submit_train.sh"),
+                "--config",
+                str(cfg_path),
+                "--storage-path",
+                str(storage),
+                "--name",
+                "job-run",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
         )
         logs = proc.stdout[-4000:] + proc.stderr[-3000:]
         assert proc.returncode == 0, logs + "\n--- head ---\n" + head.log_tail()

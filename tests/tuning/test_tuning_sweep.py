@@ -34,15 +34,30 @@ def _poison_test_split(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_barp_tune_runs_a_real_sweep_and_exports_the_best(tuning_data, tmp_path, capsys):
+def test_barp_tune_runs_a_real_sweep_and_exports_the_best(tuning_data, tmp_path, capsys, monkeypatch):
     from barp_ray import cli
+    from barp_ray.cli_support import load_config
 
     data = _poison_test_split(tuning_data, tmp_path / "data")
     out = tmp_path / "tune"
-    code = cli.main([
-        "tune", "--config", str(REPO / "tune" / "quick.yaml"), "--data", str(data), "--out", str(out),
-        "--num-samples", "2", "--storage-path", str(tmp_path / "storage"),
-    ])
+    # relative paths, as tune/README.md writes them: trial drivers run in other working directories, so the
+    # config resolves them once at load (this failed in every trial before)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(
+        [
+            "tune",
+            "--config",
+            str(REPO / "tune" / "quick.yaml"),
+            "--data",
+            "data",
+            "--out",
+            "tune",
+            "--num-samples",
+            "2",
+            "--storage-path",
+            "storage",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "SweepConfig:" in printed and "best trial" in printed and "tensorboard --logdir" in printed
@@ -51,7 +66,7 @@ def test_barp_tune_runs_a_real_sweep_and_exports_the_best(tuning_data, tmp_path,
     best = TrainConfig.from_yaml(out / "best_config.yaml")
     assert best.data == str(data) and best.tau is not None and np.isfinite(best.tau) and best.tau > 0
     args = cli.build_parser().parse_args(["train", "--config", str(out / "best_config.yaml")])
-    assert cli._load(TrainConfig, args) == best
+    assert load_config(TrainConfig, args) == best
     quick = yaml.safe_load((REPO / "tune" / "quick.yaml").read_text())
     assert best.epochs == quick["base"]["epochs"] and best.steps_per_epoch == quick["base"]["steps_per_epoch"]
 
@@ -94,5 +109,8 @@ def test_barp_tune_runs_a_real_sweep_and_exports_the_best(tuning_data, tmp_path,
     with pytest.raises(ValueError, match="already exists"):
         from barp_ray.tuning import SweepConfig, run_sweep
 
-        run_sweep(SweepConfig.from_yaml(REPO / "tune" / "quick.yaml", data=str(data), out_dir=out,
-                                        storage_path=str(tmp_path / "storage")))
+        run_sweep(
+            SweepConfig.from_yaml(
+                REPO / "tune" / "quick.yaml", data=str(data), out_dir=out, storage_path=str(tmp_path / "storage")
+            )
+        )

@@ -1,0 +1,116 @@
+"""A sentence encoder on ONNX Runtime: the Rust tokenizer, the exported transformer, mean pooling, L2 norm.
+
+It computes what sentence-transformers computes for a (Transformer, mean Pooling, Normalize) model, without
+loading torch: the `onnx` backend gives the same embeddings up to float rounding, `onnx-int8` (dynamically
+quantised weights and activations) close ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from barp_ray.embeddings.encoder import EncoderSpec, resolve_encoder
+from barp_ray.embeddings.onnx_export import FP32_FILE, INT8_FILE, ensure_onnx_export
+
+
+def onnx_providers(device: str, available: list[str]) -> list:
+    """ONNX Runtime execution providers for `device`: CUDA first when asked for and available, else CPU."""
+    if device.startswith("cuda") and "CUDAExecutionProvider" in available:
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def default_threads() -> int:
+    """Intra-op threads: `OMP_NUM_THREADS` (Ray sets it from the actor's CPUs), else all cores."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
+class OnnxEncoder:
+    """Encoder with the sentence-transformers `encode` interface on ONNX Runtime (`onnx` / `onnx-int8`)."""
+
+    def __init__(
+        self, spec: EncoderSpec, device: str = "cpu", threads: int | None = None, cache_root: str | Path | None = None
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        spec = spec.resolved()
+        if spec.backend not in ("onnx", "onnx-int8"):
+            raise ValueError(f"OnnxEncoder runs the onnx backends, not {spec.backend!r}")
+        self.barp_spec = spec
+        source = Path(resolve_encoder(spec.name))
+        self.export_dir = ensure_onnx_export(spec.name, cache_root)
+        self.max_seq_length = int(spec.max_seq_length or 512)
+        self.tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=self.max_seq_length, direction=spec.truncation)
+        pad = json.loads((source / "tokenizer.json").read_text()).get("padding") or {}
+        self.tokenizer.enable_padding(pad_id=int(pad.get("pad_id", 0)), pad_token=pad.get("pad_token", "[PAD]"))
+        self._dim = int(json.loads((source / "config.json").read_text())["hidden_size"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        model_file = self.export_dir / (INT8_FILE if spec.backend == "onnx-int8" else FP32_FILE)
+        self.providers = onnx_providers(device, ort.get_available_providers())
+        self.session = ort.InferenceSession(str(model_file), options, providers=self.providers)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.device = device
+        self.dedupe_inputs = True  # identical token ids in one batch run once (exact); off to time raw work
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self._dim
+
+    get_embedding_dimension = get_sentence_embedding_dimension
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        """Mean-pooled token embeddings; rows whose truncated token ids are identical run once (exact:
+        prompts sharing a prefix longer than the token budget, e.g. few-shot templates, are one input)."""
+        batch = self.tokenizer.encode_batch(texts)
+        if not self.dedupe_inputs:
+            return self._run(
+                np.asarray([e.ids for e in batch], dtype=np.int64),
+                np.asarray([e.attention_mask for e in batch], dtype=np.int64),
+            )
+        rows: dict[tuple[int, ...], int] = {}
+        where = np.asarray([rows.setdefault(tuple(e.ids), len(rows)) for e in batch], dtype=np.int64)
+        firsts = np.unique(where, return_index=True)[1]
+        ids = np.asarray([batch[i].ids for i in firsts], dtype=np.int64)
+        mask = np.asarray([batch[i].attention_mask for i in firsts], dtype=np.int64)
+        return self._run(ids, mask)[where]
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        tokens = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
+        weights = mask[..., None].astype(np.float32)
+        return (tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+
+    def encode(
+        self,
+        sentences: str | list[str],
+        batch_size: int = 32,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = True,
+        show_progress_bar: bool | None = None,
+        **_: object,
+    ) -> np.ndarray:
+        """(N, D) float32 embeddings; batches are formed by length (less padding), output in input order."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else [str(s) for s in sentences]
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        for start in range(0, len(texts), max(1, batch_size)):
+            idx = order[start : start + batch_size]
+            out[idx] = self._forward([texts[i] for i in idx])
+        if normalize_embeddings:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out[0] if single else out

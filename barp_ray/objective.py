@@ -1,0 +1,186 @@
+"""The BaRP objective, written once: reward, tau rules, preference sampling, greedy routing over a w grid,
+and the "largest model" reference.
+
+Training (`training/loop.py`), evaluation (`evaluation/`), budget calibration (`serving/calibration.py`)
+and off-policy learning (`offpolicy/`) all import these; none of them re-implements the formulas.
+
+    r = w_q * q - w_c * min(c / tau, 1),   w = (w_q, w_c) on the simplex, w_q = 1 - w_c
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+TauRule = Literal["p99_top_model", "max_cost", "max_mean_cost", "median_max_cost", "p90_cost"]
+TAU_RULES: tuple[str, ...] = ("p99_top_model", "max_cost", "max_mean_cost", "median_max_cost", "p90_cost")
+
+#: The reference model of the RouterBench targets ("reach its score at a share of its cost").
+LARGEST_MODEL = "gpt-4-1106-preview"
+
+
+# ---- reward ----------------------------------------------------------------------------------------------
+def normalized_cost(cost, tau: float):
+    """c~ = min(c / tau, 1): the cost on the reward's [0, 1] scale (tensor in, tensor out; else numpy)."""
+    if isinstance(cost, torch.Tensor):
+        return torch.clamp(cost / tau, max=1.0)
+    return np.minimum(np.asarray(cost, dtype=np.float64) / tau, 1.0)
+
+
+def reward(score, cost, w_cost, tau: float):
+    """r = (1 - w_c) * q - w_c * min(c / tau, 1) (tensors or arrays; broadcasts)."""
+    return (1.0 - w_cost) * score - w_cost * normalized_cost(cost, tau)
+
+
+def derive_tau(train_costs: np.ndarray, rule: TauRule = "p99_top_model") -> float:
+    """The cost scale tau (USD) from the training costs (N, K).
+
+    - ``p99_top_model`` (default): the 99th percentile of the training costs of the most expensive model
+      (by mean cost). c~ is then linear in dollars for 99% of even the priciest model's answers, so the
+      quality/cost trade-off spreads over the w_c range instead of switching near w_c ~ 0 (README, "Why a
+      naive run collapses").
+    - ``max_cost``: the most expensive single answer in training (never clips).
+    - ``max_mean_cost``: the mean cost of the most expensive model.
+    - ``median_max_cost``: the median over prompts of the per-prompt most expensive answer.
+    - ``p90_cost``: the 90th percentile of all (prompt, model) costs.
+    """
+    costs = np.asarray(train_costs, dtype=np.float64)
+    if costs.size == 0:
+        raise ValueError("cannot derive tau from an empty training table")
+    if rule == "p99_top_model":
+        tau = float(np.quantile(costs[:, costs.mean(axis=0).argmax()], 0.99))
+    elif rule == "max_cost":
+        tau = float(costs.max())
+    elif rule == "max_mean_cost":
+        tau = float(costs.mean(axis=0).max())
+    elif rule == "median_max_cost":
+        tau = float(np.median(costs.max(axis=1)))
+    elif rule == "p90_cost":
+        tau = float(np.quantile(costs, 0.9))
+    else:
+        raise ValueError(f"unknown tau rule {rule!r}; use one of {', '.join(TAU_RULES)}")
+    if not tau > 0:
+        raise ValueError(f"derived tau={tau} is not positive: are all training costs zero?")
+    return tau
+
+
+def sample_preferences(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """w_c for n examples, uniform on the 1-simplex (so w_c ~ U(0, 1) and w_q = 1 - w_c)."""
+    return torch.rand(n, generator=generator, device=device)
+
+
+# ---- reference models ------------------------------------------------------------------------------------
+def largest_model(models: Sequence[str], costs: np.ndarray) -> str:
+    """`LARGEST_MODEL` if it is a candidate, else the model with the highest mean cost in `costs` (N, K)."""
+    if LARGEST_MODEL in models:
+        return LARGEST_MODEL
+    return list(models)[int(np.argmax(np.asarray(costs, dtype=np.float64).mean(axis=0)))]
+
+
+def w_grid(points: int = 11) -> np.ndarray:
+    """`points` evenly spaced values of w_c in [0, 1] (11 -> 0, 0.1, ..., 1)."""
+    if points < 2:
+        raise ValueError(f"a w grid needs at least 2 points, got {points}")
+    return np.round(np.linspace(0.0, 1.0, points), 6)
+
+
+# ---- greedy routing --------------------------------------------------------------------------------------
+def preference_batch(w_cost, n: int, device=None) -> torch.Tensor:
+    """w = (1 - w_c, w_c) as an (n, 2) tensor from one w_c or one per row."""
+    from barp_ray.policy.model import preference_tensor
+
+    if np.ndim(w_cost) == 0 and not isinstance(w_cost, torch.Tensor):
+        return preference_tensor(float(w_cost), n, device=device)
+    return preference_tensor(
+        torch.as_tensor(
+            np.asarray(w_cost) if not isinstance(w_cost, torch.Tensor) else w_cost, dtype=torch.float32, device=device
+        )
+    )
+
+
+@torch.no_grad()
+def greedy_choice(policy: nn.Module, embeddings: torch.Tensor, w_cost) -> torch.Tensor:
+    """The served rule: argmax_a pi(a | x, w) per row, in eval mode (the module's mode is restored).
+
+    `w_cost` is one value for every row or one per row.
+    """
+    was_training = policy.training
+    policy.eval()
+    try:
+        logits = policy(embeddings, preference_batch(w_cost, embeddings.shape[0], embeddings.device))
+    finally:
+        policy.train(was_training)
+    return logits.argmax(dim=-1)
+
+
+@dataclass
+class GreedyCurve:
+    """Greedy routing at each w_c of a grid: mean score, cost, reward and the largest model's share."""
+
+    w_cost: np.ndarray
+    score: np.ndarray
+    cost: np.ndarray
+    reward: np.ndarray
+    largest_share: np.ndarray
+    choices: np.ndarray  # (G, N) model index per grid point and row
+
+
+def greedy_curve(
+    policy: nn.Module,
+    embeddings,
+    scores,
+    costs,
+    grid: Sequence[float] | np.ndarray,
+    tau: float,
+    largest_index: int | None = None,
+) -> GreedyCurve:
+    """Argmax routing of `policy` at every w_c of `grid`, scored with the recorded `scores` / `costs` (N, K).
+
+    Inputs may be numpy arrays or tensors (tensors stay on their device). `largest_index` defaults to the
+    most expensive model by mean cost.
+    """
+    emb = torch.as_tensor(embeddings, dtype=torch.float32)
+    q_all = torch.as_tensor(scores, dtype=torch.float64, device=emb.device)
+    c_all = torch.as_tensor(costs, dtype=torch.float64, device=emb.device)
+    if largest_index is None:
+        largest_index = int(c_all.mean(dim=0).argmax()) if len(c_all) else 0
+    rows = torch.arange(emb.shape[0], device=emb.device)
+    out: dict[str, list] = {"score": [], "cost": [], "reward": [], "largest_share": [], "choices": []}
+    for wc in np.asarray(grid, dtype=np.float64):
+        choice = greedy_choice(policy, emb, float(wc))
+        q, c = q_all[rows, choice], c_all[rows, choice]
+        out["score"].append(float(q.mean()))
+        out["cost"].append(float(c.mean()))
+        out["reward"].append(float(reward(q, c, float(wc), tau).mean()))
+        out["largest_share"].append(float((choice == largest_index).double().mean()))
+        out["choices"].append(choice.cpu().numpy())
+    return GreedyCurve(
+        w_cost=np.asarray(grid, dtype=np.float64),
+        score=np.array(out["score"]),
+        cost=np.array(out["cost"]),
+        reward=np.array(out["reward"]),
+        largest_share=np.array(out["largest_share"]),
+        choices=np.stack(out["choices"]) if out["choices"] else np.zeros((0, 0), dtype=np.int64),
+    )
+
+
+__all__ = [
+    "LARGEST_MODEL",
+    "TAU_RULES",
+    "GreedyCurve",
+    "TauRule",
+    "derive_tau",
+    "greedy_choice",
+    "greedy_curve",
+    "largest_model",
+    "normalized_cost",
+    "preference_batch",
+    "reward",
+    "sample_preferences",
+    "w_grid",
+]

@@ -1,0 +1,96 @@
+"""BaRP training as one in-process loop (no Ray): experiments, pools, learning curves, tests.
+
+Exactly the learner Ray Train workers run (`ReinforceLearner`), the same pass-based schedule
+(`TrainConfig.for_data`), validation after every epoch, the best epoch kept by `select_metric` and early
+stopping after `patience` epochs without a new best. Deterministic on CPU: one torch thread, deterministic
+kernels, canonical row order, every random draw from generators seeded by `cfg.seed`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from barp_ray.data.table import RoutingTable
+from barp_ray.policy.model import BarpPolicy
+from barp_ray.training.config import TrainConfig
+from barp_ray.training.loop import PolicyData, ReinforceLearner, policy_spec, set_deterministic, validation_metrics
+from barp_ray.training.reward import derive_tau
+
+
+@dataclass
+class BareOutcome:
+    """The best policy (by validation) of an in-process run, and the run's per-epoch history."""
+
+    policy: BarpPolicy
+    best: dict
+    history: list[dict] = field(default_factory=list)
+    tau: float = 0.0
+    config: TrainConfig | None = None
+    seconds: float = 0.0
+
+    @property
+    def interactions(self) -> int:
+        """Logged interactions the best policy was trained on."""
+        return int(self.best.get("interactions", 0))
+
+
+def train_in_process(
+    cfg: TrainConfig,
+    train: RoutingTable,
+    val: RoutingTable,
+    tau: float | None = None,
+    num_threads: int = 1,
+    max_interactions: int | None = None,
+) -> BareOutcome:
+    """Train BaRP on `train` with bandit feedback only, select on `val`; returns the best policy.
+
+    `tau` defaults to the config's tau, else `derive_tau(train.costs, cfg.tau_rule)`. `max_interactions`
+    caps the logged interactions used (learning curves); the schedule is still the one `cfg` asks for.
+    """
+    start = time.perf_counter()
+    set_deterministic(num_threads)
+    if tau is None:
+        tau = cfg.tau if cfg.tau is not None else derive_tau(train.costs, cfg.tau_rule)
+    cfg = cfg.for_data(len(train))
+    train_data, val_data = PolicyData.from_table(train), PolicyData.from_table(val)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        policy = BarpPolicy(policy_spec(cfg, list(train.models), tau, train.encoder or "", train.embeddings.shape[1]))
+    learner = ReinforceLearner(policy, cfg, tau, cfg.batch_size, seed=cfg.seed)
+    per_step = cfg.interactions_per_step()
+    history: list[dict] = []
+    best: dict = {}
+    best_state = copy.deepcopy(policy.state_dict())
+    since_best = 0
+    for epoch in range(cfg.epochs):
+        stats: dict = {}
+        policy.train()
+        for _ in range(cfg.steps_per_epoch):
+            if max_interactions is not None and learner.step_count * per_step >= max_interactions:
+                break
+            stats = learner.step(train_data)
+        metrics = {
+            "epoch": epoch,
+            "step": learner.step_count,
+            "interactions": learner.step_count * per_step,
+            "passes": learner.step_count * per_step / len(train),
+            **stats,
+            **validation_metrics(policy, val_data, cfg.val_grid_points),
+        }
+        history.append(metrics)
+        if not best or metrics[cfg.select_metric] > best[cfg.select_metric]:
+            best, best_state, since_best = metrics, copy.deepcopy(policy.state_dict()), 0
+        else:
+            since_best += 1
+        out_of_data = max_interactions is not None and learner.step_count * per_step >= max_interactions
+        if out_of_data or (cfg.patience is not None and since_best >= cfg.patience):
+            break
+    policy.load_state_dict(best_state)
+    policy.eval()
+    return BareOutcome(
+        policy=policy, best=best, history=history, tau=tau, config=cfg, seconds=time.perf_counter() - start
+    )
