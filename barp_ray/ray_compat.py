@@ -59,3 +59,17 @@ def actor_state(actor_id: str) -> str | None:
 
 
 __all__ = ["actor_state", "placement_group_id", "worker_group_callback_base"]
+
+
+def quiet_train_report_logs() -> None:
+    """Silence Ray Train V2's per-report INFO line in a training worker.
+
+    Works around: every `ray.train.report` logs `Reporting training result N: TrainingReport(...)` with the
+    whole metrics dict at INFO on a logger named after its source file (`logging.getLogger(__file__)` in
+    `ray/train/v2/_internal/execution/context.py`), which `RunConfig(logging_config=...)` does not reach in
+    the workers (Train V2's worker logging comes from ray-project/ray#49414; no upstream issue on this line
+    found as of Ray 2.60). barp prints its own one-line epoch summary instead.
+    """
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)

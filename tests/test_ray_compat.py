@@ -75,3 +75,15 @@ def test_actor_state_alive_then_dead(ray_cluster):
     while ray_compat.actor_state(actor_id) != "DEAD" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ray_compat.actor_state(actor_id) == "DEAD"
+
+
+def test_quiet_train_report_logs_targets_the_logger_that_prints_each_report():
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    from barp_ray.ray_compat import quiet_train_report_logs
+
+    assert context.logger.name == context.__file__  # the logger the shim raises to WARNING
+    quiet_train_report_logs()
+    assert not context.logger.isEnabledFor(logging.INFO)

@@ -308,7 +308,7 @@ class OfflineMLPRouter(Router):
             torch.manual_seed(self.seed)
             net = _ScoreCostNet(x_all.shape[1], self.hidden, k, self.dropout)
             x = torch.from_numpy(self._standardise(x_all))
-            q = torch.from_numpy(np.asarray(train.scores, np.float32))
+            q = torch.tensor(train.scores, dtype=torch.float32)  # a copy: the table may be read-only (Ray object store)
             lc = torch.from_numpy(((log_c - self._mu_lc) / self._sd_lc).astype(np.float32))
             opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             bce, mse = nn.BCEWithLogitsLoss(), nn.MSELoss()

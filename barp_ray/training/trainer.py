@@ -86,6 +86,9 @@ def worker_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     import ray.train
     import ray.train.torch
 
+    from barp_ray.ray_compat import quiet_train_report_logs
+
+    quiet_train_report_logs()  # the epoch line below replaces Ray's raw per-report dict
     ctx = ray.train.get_context()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))

@@ -136,15 +136,16 @@ def test_scale_down_with_requests_in_flight_loses_no_row(durable_app):
 
     traffic = _run_with_traffic(app, scale_down)
     gone = before - set(app.replicas())
-    assert len(gone) == 1
+    # at least one replica stopped and one serves; under heavy load Serve may also replace the other one
+    # (a failed health check), which only adds a second stopped replica whose rows must be kept as well
+    assert gone and len(app.replicas()) == 1, (before, app.replicas())
     lost = _all_logged(app, traffic)
     assert not traffic.failed, traffic.failed[:5]
     assert not lost, f"{len(lost)} of {len(traffic.answered)} answered requests have no log row"
-    (stopped,) = gone
-    final = [f for f in app.log_dir.rglob("*.parquet") if f"-{stopped}-" in f.name]
+    final = [f for f in app.log_dir.rglob("*.parquet") if any(f"-{stopped}-" in f.name for stopped in gone)]
     print(
-        f"\nscale-down: {len(traffic.answered)} answered ({dict(_kinds(traffic))}), 0 lost; the stopped "
-        f"replica wrote {len(final)} file(s)"
+        f"\nscale-down: {len(traffic.answered)} answered ({dict(_kinds(traffic))}), 0 lost; the {len(gone)} "
+        f"stopped replica(s) wrote {len(final)} file(s)"
     )
 
 
