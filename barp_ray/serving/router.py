@@ -47,7 +47,6 @@ from barp_ray.serving.http import (
 )
 from barp_ray.serving.policy_slot import ActivePolicy, PolicySlot, RolloutTarget, replica_id
 from barp_ray.serving.preferences import (
-    ResolvedPreference,
     forced_model,
     parse_budget_header,
     parse_preference_header,
@@ -186,17 +185,19 @@ class BarpRouter:
         self.forwarder.close()
 
     # ---- the decision ---------------------------------------------------------------------------
-    async def _decision(
-        self,
-        active: ActivePolicy,
-        body,
-        text: str,
-        pref: ResolvedPreference,
-        forwarded: tuple[np.ndarray, int] | BaseException,
-        forced: int | None,
-        started: float,
-        key: str | None = None,
-    ) -> Decision:
+    async def _decide(self, request: Request, body, messages, started: float, key: str | None) -> Decision:
+        """The routing decision of one chat or route request (both endpoints share it)."""
+        text, active = check_messages(messages, self.cfg.limits), self.active  # the request keeps `active`
+        forced = forced_model(body.model, self.router_names, self.upstreams, active.models)
+        pref = resolve_preference(
+            body.preference,
+            body.budget,
+            request.headers,
+            active.calibration,
+            self.cfg.default_budget,
+            self.cfg.default_preference,
+        )  # w: hop 1
+        forwarded = await self.forwarder.forward(text, pref.w_cost, active)  # w: hops 2-5
         if isinstance(forwarded, BaseException):  # this request's own forward failed (its batch peers did not)
             raise forwarded
         probs, batch_size = forwarded
@@ -251,18 +252,7 @@ class BarpRouter:
         started = time.perf_counter()
         key = await self._admit(request)
         body: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest, self.cfg.limits.max_body_bytes)
-        text, active = check_messages(body.messages, self.cfg.limits), self.active  # the request keeps `active`
-        forced = forced_model(body.model, self.router_names, self.upstreams, active.models)
-        pref = resolve_preference(
-            body.preference,
-            body.budget,
-            request.headers,
-            active.calibration,
-            self.cfg.default_budget,
-            self.cfg.default_preference,
-        )  # w: hop 1
-        forwarded = await self.forwarder.forward(text, pref.w_cost, active)  # w: hops 2-5
-        d = await self._decision(active, body, text, pref, forwarded, forced, started, key)
+        d = await self._decide(request, body, body.messages, started, key)
         payload = {
             "messages": [m.model_dump(exclude_none=True) for m in body.messages],
             "params": body.upstream_params(),
@@ -334,18 +324,7 @@ class BarpRouter:
             messages = [ChatMessage(role="user", content=body.prompt)]
         else:
             messages = body.messages or []
-        text, active = check_messages(messages, self.cfg.limits), self.active
-        forced = forced_model(body.model, self.router_names, self.upstreams, active.models)
-        pref = resolve_preference(
-            body.preference,
-            body.budget,
-            request.headers,
-            active.calibration,
-            self.cfg.default_budget,
-            self.cfg.default_preference,
-        )
-        forwarded = await self.forwarder.forward(text, pref.w_cost, active)
-        d = await self._decision(active, body, text, pref, forwarded, forced, started, key)
+        d = await self._decide(request, body, messages, started, key)
         self._record(d, "route", "route_only")
         return JSONResponse(decision_info(d, self.costs), headers={"x-barp-decision-id": d.decision_id})
 
