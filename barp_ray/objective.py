@@ -96,11 +96,9 @@ def preference_batch(w_cost, n: int, device=None) -> torch.Tensor:
 
     if np.ndim(w_cost) == 0 and not isinstance(w_cost, torch.Tensor):
         return preference_tensor(float(w_cost), n, device=device)
-    return preference_tensor(
-        torch.as_tensor(
-            np.asarray(w_cost) if not isinstance(w_cost, torch.Tensor) else w_cost, dtype=torch.float32, device=device
-        )
-    )
+    if not isinstance(w_cost, torch.Tensor):  # read-only arrays (object store) are copied, not wrapped
+        w_cost = np.require(w_cost, dtype=np.float32, requirements=["W"])
+    return preference_tensor(torch.as_tensor(w_cost, dtype=torch.float32, device=device))
 
 
 @torch.no_grad()

@@ -142,17 +142,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     timings["runs_s"] = time.perf_counter() - t
 
     t = stage("evaluate", 5)
-    result = evaluate_policy(out / "policy", train, test, seed=cfg.seed)
     seed_runs = [r for r in runs if r.spec.held_out_task is None]
-    per_seed = evaluate_seeds(seed_runs, train, test, with_baselines=cfg.seed_baselines)
+    loto_runs = [r for r in runs if r.spec.held_out_task is not None and r.spec.seed == cfg.loto_seeds[0]]
+    result, loto_results, per_seed = evaluate_all(out / "policy", seed_runs, loto_runs, train, test, cfg)
     seed_aiq = {r.spec.seed: res["routers"]["barp"]["aiq"] for r, res in zip(seed_runs, per_seed, strict=True)}
-    loto_results = {}
-    for r in runs:
-        if r.spec.held_out_task is not None and r.spec.seed == cfg.loto_seeds[0]:
-            task = r.spec.held_out_task
-            loto_results[task] = evaluate_policy(
-                r.policy_dir, train.where_tasks([task], keep=False), test.where_tasks([task]), seed=cfg.seed
-            )
     timings["evaluate_s"] = time.perf_counter() - t
 
     if cfg.learning_curve:
@@ -217,15 +210,37 @@ def _evaluate_seed(policy, train, test, seed: int, with_baselines: bool) -> dict
     return evaluate_routers(routers, test).to_json_dict()
 
 
-def evaluate_seeds(runs, train, test, with_baselines: bool = True, cpus: float = 1.0) -> list[dict]:
-    """Evaluate every seed's run concurrently as Ray tasks (the tables put in the object store once)."""
+#: What a leave-one-task-out fold is compared with (its targets: the offline MLP and the fold's best single
+#: model); the same-information bandits are compared in distribution only, which keeps the stage short.
+LOTO_BASELINES = ("single", "random", "oracle", "offline_mlp", "knn")
+
+
+def evaluate_all(policy_dir: Path, seed_runs, loto_runs, train, test, cfg: DemoConfig):
+    """Every evaluation of the demo as concurrent Ray tasks (the tables put in the object store once): the
+    main policy against every baseline, each leave-one-task-out fold against its fold's baselines, and each
+    seed's policy (+ its own learned baselines when `cfg.seed_baselines`). Returns (main result, task ->
+    fold result, per-seed metrics dicts in `seed_runs` order)."""
     import ray
 
-    if not runs:
-        return []
-    task = ray.remote(num_cpus=cpus)(_evaluate_seed)
+    from barp_ray.policy.checkpoint import load_policy
+
+    evaluate = ray.remote(num_cpus=cfg.cpus_per_run)(evaluate_policy)
+    per_seed = ray.remote(num_cpus=cfg.cpus_per_run)(_evaluate_seed)
     train_ref, test_ref = ray.put(train), ray.put(test)
-    return ray.get([task.remote(r.policy, train_ref, test_ref, r.spec.seed, with_baselines) for r in runs])
+    main_ref = evaluate.remote(load_policy(policy_dir), train_ref, test_ref, seed=cfg.seed)
+    fold_refs = {
+        r.spec.held_out_task: evaluate.remote(
+            r.policy,
+            train.where_tasks([r.spec.held_out_task], keep=False),
+            test.where_tasks([r.spec.held_out_task]),
+            seed=cfg.seed,
+            baselines=LOTO_BASELINES,
+        )
+        for r in loto_runs
+    }
+    seed_refs = [per_seed.remote(r.policy, train_ref, test_ref, r.spec.seed, cfg.seed_baselines) for r in seed_runs]
+    folds = dict(zip(fold_refs, ray.get(list(fold_refs.values())), strict=True))
+    return ray.get(main_ref), folds, ray.get(seed_refs)
 
 
 def mean_interval(values: list[float], level: float = 0.95) -> dict[str, float]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from barp_ray.data.synth import SynthConfig, optimal_rewards, policy_rewards, read_synth_split, synth_logs
+from barp_ray.data.synth import optimal_rewards, policy_rewards, read_synth_split
 from barp_ray.objective import greedy_curve, w_grid
 from barp_ray.policy.checkpoint import load_policy
 from barp_ray.ray_connect import connect
@@ -37,10 +38,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def ensure_logs(out: Path, rows: int, source: str | None, seed: int) -> Path:
-    data = out / f"synth-{rows}"
+def ensure_logs(out: Path, rows: int, source: str | None, seed: int, dtype: str = "float32") -> Path:
+    """The synthetic logs for `rows` (written once by `barp synth-logs` in a child process, so that the
+    driver's memory below is the training driver's alone)."""
+    data = out / f"synth-{rows}-{dtype}"
     if not (data / "manifest.json").exists():
-        synth_logs(SynthConfig(out=str(data), rows=rows, source=source, seed=seed, rows_per_shard=50_000))
+        cmd = [sys.executable, "-m", "barp_ray.cli", "synth-logs", "--out", str(data), "--rows", str(rows)]
+        cmd += ["--seed", str(seed), "--rows-per-shard", "50000", "--embedding-dtype", dtype]
+        subprocess.run(cmd + (["--source", source] if source else []), check=True)
     return data
 
 
@@ -81,11 +86,14 @@ def run_one(data: Path, rows: int, mode: str, args: argparse.Namespace) -> dict:
         ingest=mode,
         worker_memory_budget_mb=args.budget_mb,
         epochs=args.epochs,
+        passes=args.passes,  # at log scale a few passes over the rows, not the small-data default
+        patience=None,
         seed=args.seed,
     )
     start = time.perf_counter()
     outcome = train_policy(cfg, export_dir=args.out / "policies" / f"{rows}-{mode}")
     wall = time.perf_counter() - start
+    driver_rss = peak_rss_mb()  # before the evaluation below reads the test split
     latest = outcome.latest_metrics
     result = {
         "rows": rows,
@@ -95,8 +103,10 @@ def run_one(data: Path, rows: int, mode: str, args: argparse.Namespace) -> dict:
         "samples_per_s": latest.get("train_samples_per_s"),
         "seconds_to_first_step": latest.get("seconds_to_first_step"),
         "worker_peak_rss_mb": latest.get("worker_peak_rss_mb"),
-        "driver_peak_rss_mb": round(peak_rss_mb(), 1),
+        "driver_peak_rss_mb": round(driver_rss, 1),
         "ingest": latest.get("ingest"),
+        "passes": args.passes,
+        "embedding_dtype": args.embedding_dtype,
     }
     result.update(optimum_gap(str(outcome.policy_dir), data, args.test_rows))
     return result
@@ -128,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     p.add_argument("--budget-mb", type=float, default=1024.0, help="per-worker memory budget for ingest=auto")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--passes", type=float, default=1.0, help="interactions per logged row over the whole run")
+    p.add_argument("--embedding-dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--test-rows", type=int, default=50_000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     connect(num_cpus=4, quiet=True)
     results = []
     for rows in args.rows:
-        data = ensure_logs(args.out, rows, args.source, args.seed)
+        data = ensure_logs(args.out, rows, args.source, args.seed, args.embedding_dtype)
         for mode in args.modes:
             results.append(run_one(data, rows, mode, args))
             print(json.dumps(results[-1]), flush=True)

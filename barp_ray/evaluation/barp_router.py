@@ -34,7 +34,8 @@ class BarpRouter(Router):
     @torch.no_grad()
     def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
         self._check_fitted(w_cost)
-        emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        # tables from the object store are read-only: copy only then (torch refuses to wrap those silently)
+        emb = torch.from_numpy(np.require(embeddings, dtype=np.float32, requirements=["W"]))
         return greedy_choice(self.policy, emb, w_cost).numpy().astype(np.int64)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import Field
@@ -10,10 +11,11 @@ from barp_ray.config import JobConfig, LocalPath
 from barp_ray.data.shards import read_manifest, read_shards
 from barp_ray.data.table import RoutingTable
 from barp_ray.evaluation.barp_router import BarpRouter
-from barp_ray.evaluation.evaluate import EvaluationResult, build_baselines, evaluate_routers
+from barp_ray.evaluation.evaluate import DEFAULT_BASELINES, EvaluationResult, build_baselines, evaluate_routers
 from barp_ray.evaluation.metrics import DEFAULT_W_GRID
 from barp_ray.evaluation.report import write_report
 from barp_ray.policy.checkpoint import load_policy
+from barp_ray.policy.model import BarpPolicy
 
 
 class EvaluateConfig(JobConfig):
@@ -28,17 +30,20 @@ class EvaluateConfig(JobConfig):
 
 
 def evaluate_policy(
-    policy_dir: str | Path,
+    policy: str | Path | BarpPolicy,
     train: RoutingTable,
     test: RoutingTable,
     w_grid=DEFAULT_W_GRID,
     seed: int = 0,
     extra: dict | None = None,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
 ) -> EvaluationResult:
-    """BaRP + all baselines (fitted on `train` with the policy's tau) routed over `test`."""
-    policy = load_policy(policy_dir)
+    """BaRP + all baselines (fitted on `train` with the policy's tau) routed over `test`; `policy` is a
+    checkpoint folder or a loaded policy."""
+    if not isinstance(policy, BarpPolicy):
+        policy = load_policy(policy)
     routers = {"barp": BarpRouter(policy)}
-    routers.update(build_baselines(train, policy.spec.tau, seed=seed))
+    routers.update(build_baselines(train, policy.spec.tau, seed=seed, include=baselines))
     routers["barp"].fit(train, policy.spec.tau)
     return evaluate_routers(routers, test, w_grid, extra=extra)
 

@@ -65,6 +65,7 @@ def offpolicy_loop_per_worker(loop_config: dict) -> None:
         rank,
         world * per_worker_batch,
         lambda: heldout_metrics(policy, val, tau, cfg.val_grid_points),
+        select_metric=SELECT_METRIC,
     )
 
 

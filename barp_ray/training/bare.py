@@ -17,6 +17,7 @@ import torch
 from barp_ray.data.table import RoutingTable
 from barp_ray.policy.model import BarpPolicy
 from barp_ray.training.config import TrainConfig
+from barp_ray.training.early_stopping import EarlyStopping
 from barp_ray.training.loop import PolicyData, ReinforceLearner, policy_spec, set_deterministic, validation_metrics
 from barp_ray.training.reward import derive_tau
 
@@ -65,7 +66,7 @@ def train_in_process(
     history: list[dict] = []
     best: dict = {}
     best_state = copy.deepcopy(policy.state_dict())
-    since_best = 0
+    stopper = EarlyStopping(cfg.select_metric, cfg.patience)
     for epoch in range(cfg.epochs):
         stats: dict = {}
         policy.train()
@@ -82,12 +83,10 @@ def train_in_process(
             **validation_metrics(policy, val_data, cfg.val_grid_points),
         }
         history.append(metrics)
-        if not best or metrics[cfg.select_metric] > best[cfg.select_metric]:
-            best, best_state, since_best = metrics, copy.deepcopy(policy.state_dict()), 0
-        else:
-            since_best += 1
+        if stopper.update(metrics) or not best:
+            best, best_state = metrics, copy.deepcopy(policy.state_dict())
         out_of_data = max_interactions is not None and learner.step_count * per_step >= max_interactions
-        if out_of_data or (cfg.patience is not None and since_best >= cfg.patience):
+        if out_of_data or stopper.should_stop:
             break
     policy.load_state_dict(best_state)
     policy.eval()

@@ -48,10 +48,12 @@ def _to_tensor(values, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 class StreamingPolicyData:
-    """Batches streamed from a Ray Data iterator (a worker's shard), pass after pass, with a local shuffle.
+    """Rows streamed from a Ray Data iterator (a worker's shard), pass after pass, with a local shuffle.
 
-    `sample(n, generator)` returns the next `n` rows as (embeddings, scores, costs) tensors; the shuffle
-    buffer and a pass's order are seeded (`seed`), so a run is repeatable for a fixed sharding.
+    Rows arrive in chunks of `chunk_rows` (Ray Data's per-batch cost is paid once per chunk, not once per
+    optimiser step), each chunk permuted once more and then served `n` rows at a time. `sample(n, generator)`
+    returns the next `n` rows as (embeddings, scores, costs) tensors; the shuffle buffer, a pass's order and
+    the in-chunk permutation are seeded (`seed`), so a run is repeatable for a fixed sharding.
     """
 
     def __init__(
@@ -61,44 +63,59 @@ class StreamingPolicyData:
         device: str | torch.device = "cpu",
         seed: int = 0,
         prefetch_batches: int = 2,
+        chunk_rows: int = 8192,
     ) -> None:
         self.iterator = iterator
         self.shuffle_buffer_rows = shuffle_buffer_rows
         self.device = torch.device(device)
         self.seed = seed
         self.prefetch_batches = prefetch_batches
+        self.chunk_rows = chunk_rows
         self.passes = 0
         self.rows_seen = 0
-        self._batch_size: int | None = None
-        self._batches: Iterator[dict] | None = None
+        self._chunks: Iterator[dict] | None = None
+        self._chunk: tuple[torch.Tensor, ...] = ()
+        self._pos = 0
+        self._permute = torch.Generator().manual_seed(seed)
 
-    def _new_pass(self, batch_size: int) -> Iterator[dict]:
+    def _new_pass(self) -> Iterator[dict]:
         self.passes += 1
         return iter(
             self.iterator.iter_batches(
-                batch_size=batch_size,
+                batch_size=self.chunk_rows,
                 batch_format="numpy",
-                drop_last=True,
                 prefetch_batches=self.prefetch_batches,
                 local_shuffle_buffer_size=self.shuffle_buffer_rows,
                 local_shuffle_seed=self.seed + self.passes,
             )
         )
 
+    def _next_chunk(self, n: int) -> None:
+        """Load the next chunk with at least `n` rows (starting a new pass at the end of one)."""
+        fresh_pass = False
+        while True:
+            chunk = next(self._chunks, None) if self._chunks is not None else None
+            if chunk is None:
+                if fresh_pass:  # a whole pass without one chunk of n rows
+                    raise ValueError(
+                        f"this worker's shard has fewer than {n} rows: use a smaller batch or fewer workers"
+                    )
+                self._chunks, fresh_pass = self._new_pass(), True
+                continue
+            if len(chunk["costs"]) >= n:
+                break
+        order = torch.randperm(len(chunk["costs"]), generator=self._permute)
+        self._chunk = tuple(
+            _to_tensor(chunk[name], torch.float32, "cpu")[order].to(self.device) for name in TRAIN_COLUMNS
+        )
+        self._pos = 0
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         """The next `n` rows (embeddings (n, D), scores (n, K), costs (n, K)); `generator` is unused here."""
-        del generator  # order comes from the seeded shuffle buffer
-        if self._batches is None or self._batch_size != n:
-            self._batch_size, self._batches = n, self._new_pass(n)
-        batch = next(self._batches, None)
-        if batch is None:  # end of a pass over this worker's shard: start the next one
-            self._batches = self._new_pass(n)
-            batch = next(self._batches, None)
-            if batch is None:
-                raise ValueError(f"this worker's shard has fewer than {n} rows: use a smaller batch or fewer workers")
+        del generator  # order comes from the seeded shuffle buffer and chunk permutation
+        if not self._chunk or self._pos + n > len(self._chunk[0]):
+            self._next_chunk(n)  # the < n rows left at a chunk's end are skipped
+        rows = tuple(t[self._pos : self._pos + n] for t in self._chunk)
+        self._pos += n
         self.rows_seen += n
-        return (
-            _to_tensor(batch["embedding"], torch.float32, self.device),
-            _to_tensor(batch["scores"], torch.float32, self.device),
-            _to_tensor(batch["costs"], torch.float32, self.device),
-        )
+        return rows

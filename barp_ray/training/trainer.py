@@ -27,6 +27,7 @@ from barp_ray.objective import derive_tau
 from barp_ray.policy.checkpoint import load_policy, save_policy
 from barp_ray.policy.model import BarpPolicy
 from barp_ray.training.config import TrainConfig
+from barp_ray.training.early_stopping import EarlyStopping
 from barp_ray.training.ingest import TRAIN_COLUMNS, StreamingPolicyData, choose_mode
 from barp_ray.training.loop import PolicyData, ReinforceLearner, policy_spec, validation_metrics
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_STATE_FILE = "train_state.pt"
 RANK_STATE_FILE = "rng_rank{rank}.pt"  # each rank's sampling RNG state
-SELECT_METRIC = "val_aiq"
 #: Fields a resumed run may change (how it runs, not what it learns); any other change is refused.
 RESUMABLE_CHANGES = frozenset(
     {
@@ -89,6 +89,7 @@ def worker_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     from barp_ray.ray_compat import quiet_train_report_logs
 
     quiet_train_report_logs()  # the epoch line below replaces Ray's raw per-report dict
+    quiet_data_execution_logs()
     ctx = ray.train.get_context()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
@@ -125,6 +126,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         world * per_worker_batch,
         lambda: validation_metrics(policy, val_data, cfg.val_grid_points),
         loop_config["started_at"],
+        patience=cfg.patience,
     )
 
 
@@ -137,12 +139,17 @@ def run_epochs(
     global_batch: int,
     validate,
     started_at: float | None = None,
+    select_metric: str | None = None,
+    patience: int | None = None,
 ) -> None:
     """Resume from the latest checkpoint, then per epoch: `steps_per_epoch` learner steps, `validate()`,
-    report + checkpoint. `inject_failure_at_epoch` crashes the worker group once (FailureConfig tests).
-    `started_at` (unix time, default now) is when the run began, for `seconds_to_first_step`."""
+    report + checkpoint; stop after `patience` epochs without a new best `select_metric` (default: the
+    config's). `inject_failure_at_epoch` crashes the worker group once (FailureConfig tests). `started_at`
+    (unix time, default now) is when the run began, for `seconds_to_first_step`."""
     started_at = started_at or time.time()
-    start_epoch, restored = restore_checkpoint(policy, learner, next(policy.parameters()).device, rank)
+    start_epoch, restored, stop_state = restore_checkpoint(policy, learner, next(policy.parameters()).device, rank)
+    # every rank validates the same (DDP-identical) policy on the same val split, so all stop together
+    stopper = EarlyStopping.from_state(select_metric or cfg.select_metric, patience, stop_state)
     first_step_at: float | None = None
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.inject_failure_at_epoch == epoch and not restored:
@@ -164,9 +171,23 @@ def run_epochs(
             "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             **validate(),
         }
+        stopper.update(metrics)
+        metrics["stopping_early"] = stopper.should_stop
         if rank == 0:
             print(epoch_line(metrics, cfg.epochs), flush=True)
-        report_epoch(rank, policy, learner, epoch, metrics, cfg)
+        report_epoch(rank, policy, learner, epoch, metrics, cfg, stopper)
+        if stopper.should_stop:
+            if rank == 0 and epoch + 1 < cfg.epochs:
+                print(f"early stop: no better {stopper.metric} for {stopper.patience} epochs", flush=True)
+            break
+
+
+def quiet_data_execution_logs() -> None:
+    """No 'Starting execution of Dataset ... / Execution plan ...' lines from Ray Data for the (small,
+    repeated) shard reads of a training run: the epoch lines are what a person follows."""
+    import ray.data
+
+    ray.data.DataContext.get_current().print_on_execution_start = False
 
 
 def epoch_line(metrics: dict, epochs: int) -> str:
@@ -183,14 +204,15 @@ def epoch_line(metrics: dict, epochs: int) -> str:
     )
 
 
-def restore_checkpoint(policy: BarpPolicy, learner, device, rank: int = 0) -> tuple[int, bool]:
-    """(first epoch to run, restored?): resume policy, optimiser and this rank's RNG state from Ray Train's
-    latest checkpoint. Tensors only (`weights_only=True`): a checkpoint cannot run code on load."""
+def restore_checkpoint(policy: BarpPolicy, learner, device, rank: int = 0) -> tuple[int, bool, dict | None]:
+    """(first epoch to run, restored?, early-stopping state): resume policy, optimiser and this rank's RNG
+    state from Ray Train's latest checkpoint. Tensors only (`weights_only=True`): a checkpoint cannot run
+    code on load."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0, False
+        return 0, False, None
     with checkpoint.as_directory() as ckpt_dir:
         ckpt = Path(ckpt_dir)
         state = torch.load(ckpt / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
@@ -205,10 +227,12 @@ def restore_checkpoint(policy: BarpPolicy, learner, device, rank: int = 0) -> tu
                 torch.Generator().manual_seed(int(state["epoch"]) * 7919 + 1000 * rank + learner.cfg.seed).get_state()
             )
         learner.load_state_dict(learner_state)
-    return state["epoch"] + 1, True
+    return state["epoch"] + 1, True, state.get("early_stopping")
 
 
-def report_epoch(rank: int, policy: BarpPolicy, learner, epoch: int, metrics: dict, cfg) -> None:
+def report_epoch(
+    rank: int, policy: BarpPolicy, learner, epoch: int, metrics: dict, cfg, stopper: EarlyStopping | None = None
+) -> None:
     """Report an epoch's metrics; rank 0 attaches a checkpoint (a loadable policy folder + learner state)."""
     import ray.train
 
@@ -217,7 +241,10 @@ def report_epoch(rank: int, policy: BarpPolicy, learner, epoch: int, metrics: di
         torch.save({"generator": learner.state_dict()["generator"]}, Path(tmp) / RANK_STATE_FILE.format(rank=rank))
         if rank == 0:
             save_policy(policy, tmp, extra={"epoch": epoch, "metrics": metrics, "config": cfg.model_dump(mode="json")})
-            torch.save({"epoch": epoch, "learner": learner.state_dict()}, Path(tmp) / TRAIN_STATE_FILE)
+            state = {"epoch": epoch, "learner": learner.state_dict()}
+            if stopper is not None:
+                state["early_stopping"] = stopper.state_dict()
+            torch.save(state, Path(tmp) / TRAIN_STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -281,6 +308,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     manifest = read_manifest(cfg.data)
     if not manifest.get("encoder"):
         raise ValueError(f"{cfg.data} has no embeddings yet: run `barp embed --data {cfg.data}` first")
+    quiet_data_execution_logs()  # the driver's DataContext travels with the datasets to the split coordinator
     costs = training_costs(cfg)
     cfg = cfg.for_data(len(costs))  # the pass-based schedule, fixed in the driver for every worker
     check_resume(cfg)
@@ -312,8 +340,9 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     ), tau
 
 
-def run_config(cfg: TrainConfig, callbacks: list | None = None, select_metric: str = SELECT_METRIC):
-    """Storage, kept checkpoints (best 3 by `select_metric`) and failure handling of a training run."""
+def run_config(cfg: TrainConfig, callbacks: list | None = None, select_metric: str | None = None):
+    """Storage, kept checkpoints (best 3 by `select_metric`, default the config's) and failure handling."""
+    select_metric = select_metric or cfg.select_metric
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
 
     return RunConfig(
@@ -334,7 +363,7 @@ def train_policy(cfg: TrainConfig, export_dir: str | Path | None = None) -> Trai
     """Run training on the connected (or a new local) Ray cluster; export the best policy."""
     start = time.perf_counter()
     trainer, tau = build_trainer(cfg)
-    return collect_outcome(trainer.fit(), tau, start, export_dir)
+    return collect_outcome(trainer.fit(), tau, start, export_dir, select_metric=cfg.select_metric)
 
 
 def export_policy(checkpoint_dir: str | Path, target: str | Path) -> str | Path:
@@ -389,7 +418,7 @@ def checkpoint_uri(checkpoint) -> str:
 
 
 def collect_outcome(
-    result, tau: float, start: float, export_dir: str | Path | None = None, select_metric: str = SELECT_METRIC
+    result, tau: float, start: float, export_dir: str | Path | None = None, select_metric: str = "val_reward"
 ) -> TrainOutcome:
     """The best kept checkpoint (by `select_metric`) of a finished Ray Train run, exported as a policy.
 
