@@ -19,14 +19,8 @@ from barp_ray.offpolicy.logged import LoggedBandit
 from barp_ray.policy.checkpoint import load_policy
 from barp_ray.policy.model import BarpPolicy
 from barp_ray.training.loop import policy_spec
-from barp_ray.training.trainer import (
-    TrainOutcome,
-    collect_outcome,
-    run_config,
-    run_epochs,
-    shard_columns,
-    worker_setup,
-)
+from barp_ray.training.trainer import TrainOutcome, collect_outcome, run_config
+from barp_ray.training.worker import run_epochs, shard_columns, worker_setup
 
 log = logging.getLogger(__name__)
 
