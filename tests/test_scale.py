@@ -1,16 +1,13 @@
-"""Training at log scale, small sizes: streamed vs in-memory ingestion on Ray Train recovers the synthetic
-ground truth, and a Ray Job trains from s3:// logs to an s3:// policy (real S3-compatible server on loopback)."""
+"""Training at log scale, small sizes: streamed (chosen by `ingest: auto` above the memory budget) vs
+in-memory ingestion on Ray Train recovers the synthetic ground truth. A Ray Job training from s3:// logs to an
+s3:// policy (real S3-compatible server on loopback) is in tests/tuning/test_tuning_jobs.py, on the one
+token-authenticated `ray start` head of the suite."""
 
 from __future__ import annotations
-
-import subprocess
-import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from s3_server import s3_server
 
 from barp_ray.data.synth import SynthConfig, optimal_rewards, policy_rewards, read_synth_split, synth_logs
 from barp_ray.objective import greedy_curve, w_grid
@@ -19,8 +16,9 @@ from barp_ray.training.config import TrainConfig
 from barp_ray.training.trainer import train_policy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-REPO = Path(__file__).resolve().parents[1]
-SYNTH = {"rows": 6000, "rows_per_shard": 1500, "num_models": 4, "num_centres": 24, "seed": 7}
+# 24k rows (19.2k train): each streamed epoch needs few passes (a pass's fixed cost dominates), and the
+# policy's gap to the optimum is about 0.35-0.38 of the best single model's (seeds 0-2; the bound is 0.5)
+SYNTH = {"rows": 24000, "rows_per_shard": 6000, "num_models": 4, "num_centres": 24, "seed": 7}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +45,15 @@ def _rewards(policy_dir, synth_dir) -> tuple[float, float, float]:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("mode", ["stream", "memory"])
-def test_both_ingest_modes_learn_the_synthetic_optimum(ray_cluster, synth_dir, tmp_path, mode):
+@pytest.mark.parametrize(
+    ("mode", "ingest", "budget_mb"),
+    [
+        # `auto` above the budget streams: 9.6k train rows per worker x 1.6 KB > 1 MiB
+        ("stream", "auto", 1.0),
+        ("memory", "memory", 1024.0),
+    ],
+)
+def test_both_ingest_modes_learn_the_synthetic_optimum(ray_cluster, synth_dir, tmp_path, mode, ingest, budget_mb):
     cfg = TrainConfig(
         data=str(synth_dir),
         storage_path=str(tmp_path / "ray"),
@@ -56,9 +61,10 @@ def test_both_ingest_modes_learn_the_synthetic_optimum(ray_cluster, synth_dir, t
         num_workers=2,
         cpus_per_worker=0.5,
         epochs=2,
-        steps_per_epoch=60,
+        steps_per_epoch=40,  # 80 steps x 128 rows per worker: one pass over a worker's 9.6k rows, then a second
         batch_size=256,
-        ingest=mode,
+        ingest=ingest,
+        worker_memory_budget_mb=budget_mb,
         shuffle_buffer_rows=1024,
         seed=0,
     )
@@ -70,70 +76,3 @@ def test_both_ingest_modes_learn_the_synthetic_optimum(ray_cluster, synth_dir, t
     # the known optimum.
     assert achieved > single
     assert (optimum - achieved) < 0.5 * (optimum - single)
-
-
-@pytest.mark.ray
-def test_auto_streams_above_the_budget(ray_cluster, synth_dir, tmp_path):
-    cfg = TrainConfig(
-        data=str(synth_dir),
-        storage_path=str(tmp_path / "ray"),
-        name="auto",
-        num_workers=1,
-        epochs=1,
-        steps_per_epoch=3,
-        batch_size=64,
-        ingest="auto",
-        worker_memory_budget_mb=1.0,
-    )
-    assert train_policy(cfg).latest_metrics["ingest"] == "stream"  # 4.8k train rows x 1.6 KB > 1 MiB
-
-
-def test_ray_job_trains_from_s3_logs_to_an_s3_policy(tmp_path):
-    from barp_ray.tuning.jobs import LocalHead
-
-    with s3_server() as env:
-        bucket = f"s3://{env['BUCKET']}"
-        synth_logs(SynthConfig(out=f"{bucket}/logs", **{**SYNTH, "rows": 2000}), progress=False)
-        head = LocalHead(num_cpus=2, auth="token", extra_env={k: v for k, v in env.items() if k != "BUCKET"})
-        head.start()
-        try:
-            client_env = head.client_env()
-            client_env["SUBMISSION_ID"] = f"barp-s3-{uuid.uuid4().hex[:8]}"
-            proc = subprocess.run(
-                [
-                    "bash",
-                    str(REPO / "scripts" / "submit_train.sh"),
-                    "--data",
-                    f"{bucket}/logs",
-                    "--storage-path",
-                    f"{bucket}/ray",
-                    "--name",
-                    "s3-run",
-                    "--export",
-                    f"{bucket}/policy",
-                    "--epochs",
-                    "1",
-                    "--steps-per-epoch",
-                    "5",
-                    "--batch-size",
-                    "64",
-                    "--max-failures",
-                    "0",
-                ],
-                cwd=tmp_path,
-                env=client_env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            logs = proc.stdout[-4000:] + proc.stderr[-3000:]
-            assert proc.returncode == 0, logs + "\n--- head ---\n" + head.log_tail()
-            assert head.job_status(client_env["SUBMISSION_ID"]) == "SUCCEEDED"
-        finally:
-            head.stop()
-            head.cleanup()
-        policy = load_policy(f"{bucket}/policy")  # what a Serve replica does with `policy: s3://...`
-        assert policy.spec.models == [f"synth-model-{i:02d}" for i in range(4)]
-        from barp_ray import storage
-
-        assert storage.list_files(f"{bucket}/ray/s3-run", suffix="policy.pt")  # checkpoints went to S3 too

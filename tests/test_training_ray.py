@@ -1,5 +1,7 @@
 """Integration on a real local Ray cluster: embeddings on Ray Data, Ray Train with 2 workers, resume,
-worker-failure recovery, and the CLI end to end. Data: a small real RouterBench subset."""
+worker-failure recovery, leave-one-task-out, and the CLI end to end. Data: a small real RouterBench subset.
+
+Each TorchTrainer start costs about 20-25 s on 2 cores, so one run (and its resume) checks every guarantee."""
 
 from __future__ import annotations
 
@@ -37,25 +39,54 @@ def test_embeddings_are_real_and_cached(small_shards):
     assert np.array_equal(read_shards(small_shards["data"]).embeddings, table.embeddings)
 
 
-def test_ray_train_two_workers_checkpoint_then_resume(small_shards, tmp_path):
-    cfg = _cfg(small_shards, tmp_path, num_workers=2, name="two-workers")
-    first = train_policy(cfg)
-    assert [m["epoch"] for m in first.history] == [0, 1]  # both epochs checkpointed
-    assert first.latest_metrics["epoch"] == 1 and first.latest_metrics["resumed"] is False
-    policy = load_policy(first.policy_dir)
-    assert policy.spec.models == read_shards(small_shards["data"]).models and policy.spec.tau == first.tau
-    assert 0.0 <= first.best_metrics["val_aiq"] <= 1.0
-
-    # every rank saved its own sampling RNG state into the checkpoint (rank 1's differs from rank 0's)
+def test_ray_train_two_workers_crash_resume_and_loto(small_shards, tmp_path):
+    """One 2-worker Ray Train run pays for everything a run has to guarantee: DDP on 2 workers with their own
+    shards and RNG streams, a worker-group crash restarted from the last checkpoint (FailureConfig), a refused
+    resume with another config, a resume with more epochs, and leave-one-task-out (tau and data without mbpp)."""
     from pathlib import Path
 
     import torch
 
+    from barp_ray.training.trainer import _read_split
+
+    cfg = _cfg(
+        small_shards,
+        tmp_path,
+        num_workers=2,
+        name="two-workers",
+        exclude_tasks=["mbpp"],
+        inject_failure_at_epoch=1,
+        max_failures=1,
+    )
+    table = read_shards(small_shards["data"])
+    # leave one task out: the Ray Data split the workers read has no mbpp row (and the table had some)
+    read = [row["task"] for row in _read_split(cfg, "train", ["task"]).take_all()]
+    assert "mbpp" in set(table.where_split("train").tasks) and "mbpp" not in set(read)
+    assert len(read) == len(table.where_split("train").where_tasks(["mbpp"], keep=False))
+
+    first = train_policy(cfg)
+    # epoch 0 ran in a fresh group; the group crashed at epoch 1 and the restarted one restored the epoch-0
+    # checkpoint: no epoch skipped or run twice, and the optimizer step count carried over
+    assert [m["epoch"] for m in first.history] == [0, 1]  # both epochs checkpointed
+    assert first.history[0]["resumed"] is False and first.history[1]["resumed"] is True
+    assert first.latest_metrics["epoch"] == 1 and first.latest_metrics["resumed"] is True
+    assert first.latest_metrics["step"] == 2 * cfg.steps_per_epoch
+    assert read_policy_metadata(first.policy_dir)["epoch"] in (0, 1)
+    policy = load_policy(first.policy_dir)
+    assert policy.spec.models == table.models and policy.spec.tau == first.tau
+    assert 0.0 <= first.best_metrics["val_aiq"] <= 1.0
+
+    # leave one task out: tau comes from the training rows without the excluded task
+    train = table.where_split("train").where_tasks(["mbpp"], keep=False)
+    top = train.costs.mean(axis=0).argmax()
+    assert first.tau == pytest.approx(float(np.quantile(train.costs[:, top], 0.99)))
+
+    # every rank saved its own sampling RNG state into the checkpoint (rank 1's differs from rank 0's)
     ckpt = Path(first.best_checkpoint)
     states = [torch.load(ckpt / f"rng_rank{r}.pt", weights_only=True)["generator"] for r in (0, 1)]
     assert not torch.equal(states[0], states[1])
 
-    # the same run name with other data is refused, not silently "resumed" with 0 steps
+    # the same run name with other data is refused (before anything is launched), not silently "resumed"
     import shutil
 
     other = shutil.copytree(small_shards["data"], tmp_path / "other-data")  # a valid prepared dir, elsewhere
@@ -67,24 +98,7 @@ def test_ray_train_two_workers_checkpoint_then_resume(small_shards, tmp_path):
     assert resumed.latest_metrics["epoch"] == 2 and resumed.latest_metrics["resumed"] is True
     assert resumed.latest_metrics["step"] == 3 * cfg.steps_per_epoch  # optimizer step count carried over
     assert [m["epoch"] for m in resumed.history] == [0, 1, 2]  # one run: old and new checkpoints together
-
-
-def test_worker_crash_restarts_from_last_checkpoint(small_shards, tmp_path):
-    cfg = _cfg(small_shards, tmp_path, epochs=3, name="crash", inject_failure_at_epoch=1, max_failures=1)
-    outcome = train_policy(cfg)
-    assert outcome.latest_metrics["epoch"] == 2
-    assert outcome.latest_metrics["resumed"] is True  # the restarted group restored the epoch-0 checkpoint
-    assert [m["epoch"] for m in outcome.history] == [0, 1, 2]
-    assert read_policy_metadata(outcome.policy_dir)["epoch"] in (0, 1, 2)
-
-
-def test_leave_one_task_out_training_never_sees_the_task(small_shards, tmp_path):
-    cfg = _cfg(small_shards, tmp_path, epochs=1, name="loto", exclude_tasks=["mbpp"])
-    outcome = train_policy(cfg)
-    table = read_shards(small_shards["data"])
-    train = table.where_split("train").where_tasks(["mbpp"], keep=False)
-    top = train.costs.mean(axis=0).argmax()
-    assert outcome.tau == pytest.approx(float(np.quantile(train.costs[:, top], 0.99)))
+    assert resumed.tau == first.tau
 
 
 def test_cli_rejects_a_bad_data_dir_with_a_clear_error(tmp_path, capsys):
