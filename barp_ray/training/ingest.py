@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 IngestMode = Literal["auto", "memory", "stream"]
@@ -41,9 +42,23 @@ def choose_mode(mode: IngestMode, manifest: dict, num_workers: int, budget_mb: f
 
 
 def _to_tensor(values, dtype: torch.dtype, device) -> torch.Tensor:
-    array = np.asarray(values)
-    if array.dtype == object:  # a list column Ray handed over as an array of arrays
-        array = np.stack([np.asarray(v) for v in array])
+    """A numpy column, or an Arrow (chunked) column of fixed- or variable-size lists (one row per list), as a
+    (rows, width) tensor: Arrow lists are flattened in one call instead of stacked row by row."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        if (
+            pa.types.is_list(values.type)
+            or pa.types.is_large_list(values.type)
+            or pa.types.is_fixed_size_list(values.type)
+        ):
+            array = values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1)
+        else:
+            array = values.to_numpy(zero_copy_only=False)
+    else:
+        array = np.asarray(values)
+        if array.dtype == object:  # a list column handed over as an array of arrays
+            array = np.stack([np.asarray(v) for v in array])
     return torch.as_tensor(array, device=device).to(dtype)
 
 
@@ -83,7 +98,7 @@ class StreamingPolicyData:
         return iter(
             self.iterator.iter_batches(
                 batch_size=self.chunk_rows,
-                batch_format="numpy",
+                batch_format="pyarrow",  # list columns flatten in one call (numpy gives arrays of arrays)
                 prefetch_batches=self.prefetch_batches,
                 local_shuffle_buffer_size=self.shuffle_buffer_rows,
                 local_shuffle_seed=self.seed + self.passes,
@@ -102,11 +117,11 @@ class StreamingPolicyData:
                     )
                 self._chunks, fresh_pass = self._new_pass(), True
                 continue
-            if len(chunk["costs"]) >= n:
+            if chunk.num_rows >= n:
                 break
-        order = torch.randperm(len(chunk["costs"]), generator=self._permute)
+        order = torch.randperm(chunk.num_rows, generator=self._permute)
         self._chunk = tuple(
-            _to_tensor(chunk[name], torch.float32, "cpu")[order].to(self.device) for name in TRAIN_COLUMNS
+            _to_tensor(chunk.column(name), torch.float32, "cpu")[order].to(self.device) for name in TRAIN_COLUMNS
         )
         self._pos = 0
 
