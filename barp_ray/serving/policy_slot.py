@@ -175,14 +175,7 @@ class PolicySlot:
         new = await asyncio.to_thread(self._load, target)
         await prepare(new)
         self.active = new
-        self.rollout = {
-            "id": target.rollout_id,
-            "ok": True,
-            "policy": new.location,
-            "version": new.version,
-            "error": None,
-            "at": new.loaded_at,
-        }
+        self._served(target, new, new.loaded_at)
         logger.info("policy %s (%s) loaded at replica start", new.version, new.location)
         return new
 
@@ -217,14 +210,7 @@ class PolicySlot:
 
                     same = await asyncio.to_thread(policy_version, target.policy)
                     if same == current.version and target.version in (None, same):
-                        self.rollout = {
-                            "id": target.rollout_id,
-                            "ok": True,
-                            "policy": current.location,
-                            "version": current.version,
-                            "error": None,
-                            "at": utcnow_iso(),
-                        }
+                        self._served(target, current, utcnow_iso())
                         return "unchanged", None
                 new = await asyncio.to_thread(self._load, target, current)
                 await prepare(new)
@@ -232,14 +218,7 @@ class PolicySlot:
                 self._refused(user_config or {}, exc)
                 return "refused", None
             self.active = new  # the swap: requests from now on take `new`; running ones keep theirs
-            self.rollout = {
-                "id": target.rollout_id,
-                "ok": True,
-                "policy": new.location,
-                "version": new.version,
-                "error": None,
-                "at": new.loaded_at,
-            }
+            self._served(target, new, new.loaded_at)
             logger.info(
                 "policy rollout: %s -> %s (%s) in %.2fs",
                 current.version,
@@ -261,6 +240,17 @@ class PolicySlot:
             "loaded_at": a.loaded_at,
             "policy_loads": self.loads,
             "rollout": dict(self.rollout),
+        }
+
+    def _served(self, target: RolloutTarget, policy: ActivePolicy, at: str) -> None:
+        """Record a rollout that left `policy` serving (loaded, swapped in, or already the one asked for)."""
+        self.rollout = {
+            "id": target.rollout_id,
+            "ok": True,
+            "policy": policy.location,
+            "version": policy.version,
+            "error": None,
+            "at": at,
         }
 
     def _refused(self, user_config: Any, exc: BaseException) -> None:
