@@ -9,6 +9,7 @@ and off-policy learning (`offpolicy/`) all import these; none of them re-impleme
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -69,9 +70,18 @@ def derive_tau(train_costs: np.ndarray, rule: TauRule = "p99_top_model") -> floa
     return tau
 
 
-def sample_preferences(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """w_c for n examples, uniform on the 1-simplex (so w_c ~ U(0, 1) and w_q = 1 - w_c)."""
-    return torch.rand(n, generator=generator, device=device)
+PreferenceSampling = Literal["uniform", "arcsine"]
+
+
+def sample_preferences(
+    n: int, generator: torch.Generator | None = None, device=None, distribution: PreferenceSampling = "uniform"
+) -> torch.Tensor:
+    """w_c for n examples: uniform on the 1-simplex (w_c ~ U(0, 1), w_q = 1 - w_c), or `arcsine`
+    (Beta(1/2, 1/2), more mass near both ends of the dial, where the reward is dominated by one term)."""
+    u = torch.rand(n, generator=generator, device=device)
+    if distribution == "arcsine":
+        return torch.sin(0.5 * math.pi * u) ** 2
+    return u
 
 
 # ---- reference models ------------------------------------------------------------------------------------
@@ -171,6 +181,7 @@ __all__ = [
     "LARGEST_MODEL",
     "TAU_RULES",
     "GreedyCurve",
+    "PreferenceSampling",
     "TauRule",
     "derive_tau",
     "greedy_choice",

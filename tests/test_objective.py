@@ -116,3 +116,20 @@ def test_consumers_share_the_objective() -> None:
         costs=costs,
     )
     assert realised_reward(table, np.zeros(6, dtype=int), 0.0, 0.01) == pytest.approx(t["reward"][0])
+
+
+def test_preference_sampling_distributions():
+    import math
+
+    import torch
+
+    from barp_ray.objective import sample_preferences
+
+    uniform = sample_preferences(100_000, torch.Generator().manual_seed(0))
+    arcsine = sample_preferences(100_000, torch.Generator().manual_seed(0), distribution="arcsine")
+    assert 0.0 <= float(arcsine.min()) and float(arcsine.max()) <= 1.0
+    # Beta(1/2, 1/2): P(w_c > 0.9) = 1 - (2 / pi) asin(sqrt(0.9)) ~ 0.205, against 0.1 when uniform
+    expected = 1 - 2 / math.pi * math.asin(math.sqrt(0.9))
+    assert abs(float((arcsine > 0.9).float().mean()) - expected) < 0.01
+    assert abs(float((uniform > 0.9).float().mean()) - 0.1) < 0.01
+    assert abs(float(arcsine.mean()) - 0.5) < 0.01  # symmetric about the middle of the dial

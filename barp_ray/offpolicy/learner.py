@@ -73,7 +73,10 @@ def offpolicy_step(
     """One importance-weighted REINFORCE step on a batch of logged rows (clipped IPS, SNIPS or DR)."""
     n, device = batch_size, opt.device
     idx = torch.randint(len(data), (n,), generator=opt.generator, device=device)
-    w_cost = sample_preferences(n, opt.generator, device) if cfg.resample_preferences else data.w_cost[idx]
+    if cfg.resample_preferences:
+        w_cost = sample_preferences(n, opt.generator, device, cfg.preference_sampling)
+    else:
+        w_cost = data.w_cost[idx]
     log_probs = torch.log_softmax(policy(data.embeddings[idx], preference_tensor(w_cost)), dim=-1)
     probs = log_probs.exp()
     actions = data.actions[idx]

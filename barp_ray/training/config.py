@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from barp_ray.config import JobConfig, Location
-from barp_ray.objective import TauRule
+from barp_ray.objective import PreferenceSampling, TauRule
 from barp_ray.policy.model import HeadType
 
 
@@ -77,6 +77,11 @@ class TrainConfig(JobConfig):
     beta_start: float = Field(default=0.1, ge=0, description="entropy bonus at step 0")
     beta_end: float = Field(default=0.005, ge=0, description="entropy bonus after the decay")
     beta_decay_fraction: float = Field(default=0.7, gt=0, le=1, description="share of steps to decay over")
+    preference_sampling: PreferenceSampling = Field(
+        default="uniform",
+        description="how each example's w_c is drawn: uniform on the simplex (the paper) or arcsine "
+        "(Beta(1/2, 1/2): more examples near both ends of the dial)",
+    )
     baseline_bins: int = Field(default=10, ge=1, description="batch-mean baseline per w_c bin (1: plain)")
     normalize_advantage: bool = Field(default=False, description="divide (r - b) by its std (per w_c bin)")
     samples_per_prompt: int = Field(default=1, ge=1, description="actions drawn per (x, w) in a batch")

@@ -155,7 +155,7 @@ class ReinforceLearner:
         """
         cfg, n = self.cfg, self.batch_size
         x, q_all, c_all = data.sample(n, self.generator)
-        w_cost = sample_preferences(n, self.generator, self.device)
+        w_cost = sample_preferences(n, self.generator, self.device, self.cfg.preference_sampling)
         logits = self.policy(x, preference_tensor(w_cost))
         log_probs = torch.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
@@ -180,7 +180,7 @@ class ReinforceLearner:
         """Sum over M - 1 fresh preferences of the clipped importance-weighted policy-gradient loss."""
         cfg, n = self.cfg, x.shape[0]
         extra = cfg.w_samples - 1
-        w2 = sample_preferences(n * extra, self.generator, self.device)  # (n * extra,)
+        w2 = sample_preferences(n * extra, self.generator, self.device, self.cfg.preference_sampling)  # (n * extra,)
         log_probs = torch.log_softmax(self.policy(x.repeat(extra, 1), preference_tensor(w2)), dim=-1)
         a2 = actions.repeat(extra, 1)
         lp = log_probs.gather(1, a2)
