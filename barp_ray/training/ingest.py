@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -41,25 +40,17 @@ def choose_mode(mode: IngestMode, manifest: dict, num_workers: int, budget_mb: f
     return "stream" if worker_bytes(manifest, num_workers) > budget_mb * 2**20 else "memory"
 
 
-def _to_tensor(values, dtype: torch.dtype, device) -> torch.Tensor:
-    """A numpy column, or an Arrow (chunked) column of fixed- or variable-size lists (one row per list), as a
-    (rows, width) tensor: Arrow lists are flattened in one call instead of stacked row by row."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    if isinstance(values, pa.Array):
-        if (
-            pa.types.is_list(values.type)
-            or pa.types.is_large_list(values.type)
-            or pa.types.is_fixed_size_list(values.type)
-        ):
-            array = values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1)
-        else:
-            array = values.to_numpy(zero_copy_only=False)
+def _to_tensor(column: pa.ChunkedArray | pa.Array, dtype: torch.dtype) -> torch.Tensor:
+    """An Arrow column as a tensor; a column of lists (one row per list) becomes (rows, width), flattened in
+    one call instead of stacked row by row."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    kind = column.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        array = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
     else:
-        array = np.asarray(values)
-        if array.dtype == object:  # a list column handed over as an array of arrays
-            array = np.stack([np.asarray(v) for v in array])
-    return torch.as_tensor(array, device=device).to(dtype)
+        array = column.to_numpy(zero_copy_only=False)
+    return torch.as_tensor(array).to(dtype)
 
 
 class StreamingPolicyData:
@@ -88,12 +79,12 @@ class StreamingPolicyData:
         self.chunk_rows = chunk_rows
         self.passes = 0
         self.rows_seen = 0
-        self._chunks: Iterator[dict] | None = None
+        self._chunks: Iterator[pa.Table] | None = None
         self._chunk: tuple[torch.Tensor, ...] = ()
         self._pos = 0
         self._permute = torch.Generator().manual_seed(seed)
 
-    def _new_pass(self) -> Iterator[dict]:
+    def _new_pass(self) -> Iterator[pa.Table]:
         self.passes += 1
         return iter(
             self.iterator.iter_batches(
@@ -121,7 +112,7 @@ class StreamingPolicyData:
                 break
         order = torch.randperm(chunk.num_rows, generator=self._permute)
         self._chunk = tuple(
-            _to_tensor(chunk.column(name), torch.float32, "cpu")[order].to(self.device) for name in TRAIN_COLUMNS
+            _to_tensor(chunk.column(name), torch.float32)[order].to(self.device) for name in TRAIN_COLUMNS
         )
         self._pos = 0
 
