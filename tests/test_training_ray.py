@@ -106,3 +106,24 @@ def test_cli_rejects_a_bad_data_dir_with_a_clear_error(tmp_path, capsys):
 
     assert main(["prepare", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_ray_train_workers_stop_early_and_export_the_best_epoch(small_shards, tmp_path):
+    """A real Ray Train run whose policy cannot improve (lr ~ 0): epoch 0 stays the best, the run stops after
+    `patience` epochs instead of running all of them, and the exported policy is the best epoch's."""
+    cfg = _cfg(
+        small_shards,
+        tmp_path,
+        epochs=6,
+        steps_per_epoch=2,
+        batch_size=32,
+        lr=1e-12,
+        patience=1,
+        select_metric="val_reward",
+        name="early-stop",
+    )
+    outcome = train_policy(cfg)
+    assert outcome.latest_metrics["epoch"] == 1 and outcome.latest_metrics["stopping_early"] is True
+    assert [m["epoch"] for m in outcome.history] == [0, 1]  # 4 of the 6 epochs never ran
+    assert outcome.best_metrics["epoch"] == 0
+    assert read_policy_metadata(outcome.policy_dir)["epoch"] == 0
