@@ -4,7 +4,9 @@ and the "largest model" reference.
 Training (`training/loop.py`), evaluation (`evaluation/`), budget calibration (`serving/calibration.py`)
 and off-policy learning (`offpolicy/`) all import these; none of them re-implements the formulas.
 
-    r = w_q * q - w_c * min(c / tau, 1),   w = (w_q, w_c) on the simplex, w_q = 1 - w_c
+    r = w_q * q - w_c * c~,   w = (w_q, w_c) on the simplex, w_q = 1 - w_c
+    c~ = min(c / tau, 1)                                   cost_scale "linear" (the paper's)
+    c~ = clip(log(c / floor) / log(tau / floor), 0, 1)     cost_scale "log" (the default; see `CostScale`)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 TauRule = Literal["p99_top_model", "max_cost", "max_mean_cost", "median_max_cost", "p90_cost"]
+CostScaleKind = Literal["linear", "log"]
 TAU_RULES: tuple[str, ...] = ("p99_top_model", "max_cost", "max_mean_cost", "median_max_cost", "p90_cost")
 
 #: The reference model of the RouterBench targets ("reach its score at a share of its cost").
@@ -26,16 +29,62 @@ LARGEST_MODEL = "gpt-4-1106-preview"
 
 
 # ---- reward ----------------------------------------------------------------------------------------------
-def normalized_cost(cost, tau: float):
-    """c~ = min(c / tau, 1): the cost on the reward's [0, 1] scale (tensor in, tensor out; else numpy)."""
-    if isinstance(cost, torch.Tensor):
-        return torch.clamp(cost / tau, max=1.0)
-    return np.minimum(np.asarray(cost, dtype=np.float64) / tau, 1.0)
+@dataclass(frozen=True)
+class CostScale:
+    """How a USD cost becomes the reward's cost term c~ in [0, 1].
+
+    - linear (``floor is None``, the paper's): ``c~ = min(c / tau, 1)``.
+    - log (``floor`` set): ``c~ = clip(log(c / floor) / log(tau / floor), 0, 1)``: equal cost *ratios* weigh
+      the same, so a 4x cheaper model is worth as much at the cheap end of the pool as at the dear end. With
+      the linear map, models an order of magnitude cheaper than tau differ by ~0.01 in c~, below REINFORCE's
+      noise, and the policy never learns the cheapest model even at w_c = 1 (README, "The cost scale").
+    """
+
+    tau: float
+    floor: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.tau > 0 and math.isfinite(self.tau)):
+            raise ValueError(f"tau must be a positive finite USD amount, got {self.tau!r}")
+        if self.floor is not None and not 0 < self.floor < self.tau:
+            raise ValueError(f"a log cost scale needs 0 < floor < tau, got floor={self.floor}, tau={self.tau}")
+
+    @property
+    def kind(self) -> CostScaleKind:
+        return "linear" if self.floor is None else "log"
+
+    def normalize(self, cost):
+        """c~ for `cost` (tensor in, tensor out; else float64 numpy)."""
+        if isinstance(cost, torch.Tensor):
+            if self.floor is None:
+                return torch.clamp(cost / self.tau, max=1.0)
+            ratio = torch.log(torch.clamp(cost, min=self.floor) / self.floor) / math.log(self.tau / self.floor)
+            return torch.clamp(ratio, 0.0, 1.0)
+        cost = np.asarray(cost, dtype=np.float64)
+        if self.floor is None:
+            return np.minimum(cost / self.tau, 1.0)
+        ratio = np.log(np.maximum(cost, self.floor) / self.floor) / math.log(self.tau / self.floor)
+        return np.clip(ratio, 0.0, 1.0)
+
+    def describe(self) -> str:
+        if self.floor is None:
+            return f"linear, tau=${self.tau:.6g}"
+        return f"log, floor=${self.floor:.6g}, tau=${self.tau:.6g}"
 
 
-def reward(score, cost, w_cost, tau: float):
-    """r = (1 - w_c) * q - w_c * min(c / tau, 1) (tensors or arrays; broadcasts)."""
-    return (1.0 - w_cost) * score - w_cost * normalized_cost(cost, tau)
+def as_cost_scale(scale: float | CostScale) -> CostScale:
+    """A `CostScale`; a bare number is the paper's linear scale with that tau."""
+    return scale if isinstance(scale, CostScale) else CostScale(float(scale))
+
+
+def normalized_cost(cost, scale: float | CostScale):
+    """c~ in [0, 1] (tensor in, tensor out; else numpy); a number `scale` is tau of the linear map."""
+    return as_cost_scale(scale).normalize(cost)
+
+
+def reward(score, cost, w_cost, scale: float | CostScale):
+    """r = (1 - w_c) * q - w_c * c~ (tensors or arrays; broadcasts); `scale` as in `normalized_cost`."""
+    return (1.0 - w_cost) * score - w_cost * normalized_cost(cost, scale)
 
 
 def derive_tau(train_costs: np.ndarray, rule: TauRule = "p99_top_model") -> float:
@@ -68,6 +117,40 @@ def derive_tau(train_costs: np.ndarray, rule: TauRule = "p99_top_model") -> floa
     if not tau > 0:
         raise ValueError(f"derived tau={tau} is not positive: are all training costs zero?")
     return tau
+
+
+def derive_cost_floor(train_costs: np.ndarray, tau: float) -> float:
+    """The log scale's floor (USD): the 1st percentile of the cheapest model's (by mean) positive training
+    costs, so c~ ~ 0 for the cheapest model and 1 at tau. Falls back to the smallest positive cost, and to
+    tau / 1000 when no cost is positive or the floor would not lie below tau."""
+    costs = np.asarray(train_costs, dtype=np.float64)
+    cheapest = costs[:, costs.mean(axis=0).argmin()] if costs.ndim == 2 and costs.size else costs.ravel()
+    positive = cheapest[cheapest > 0]
+    if not positive.size:
+        positive = costs[costs > 0]
+    floor = float(np.quantile(positive, 0.01)) if positive.size else tau / 1000.0
+    return floor if 0 < floor < tau else tau / 1000.0
+
+
+def build_cost_scale(
+    train_costs: np.ndarray | None,
+    kind: CostScaleKind = "log",
+    tau: float | None = None,
+    floor: float | None = None,
+    tau_rule: TauRule = "p99_top_model",
+) -> CostScale:
+    """The cost scale of a run: `tau` and `floor` as given, else derived from the training costs (N, K)."""
+    if tau is None:
+        if train_costs is None:
+            raise ValueError("tau is not given and there are no training costs to derive it from")
+        tau = derive_tau(train_costs, tau_rule)
+    if kind == "linear":
+        return CostScale(tau)
+    if floor is None:
+        if train_costs is None:
+            raise ValueError("a log cost scale needs `cost_floor` or the training costs to derive it from")
+        floor = derive_cost_floor(train_costs, tau)
+    return CostScale(tau, floor)
 
 
 PreferenceSampling = Literal["uniform", "arcsine"]
@@ -144,7 +227,7 @@ def greedy_curve(
     scores,
     costs,
     grid: Sequence[float] | np.ndarray,
-    tau: float,
+    scale: float | CostScale,
     largest_index: int | None = None,
 ) -> GreedyCurve:
     """Argmax routing of `policy` at every w_c of `grid`, scored with the recorded `scores` / `costs` (N, K).
@@ -164,7 +247,7 @@ def greedy_curve(
         q, c = q_all[rows, choice], c_all[rows, choice]
         out["score"].append(float(q.mean()))
         out["cost"].append(float(c.mean()))
-        out["reward"].append(float(reward(q, c, float(wc), tau).mean()))
+        out["reward"].append(float(reward(q, c, float(wc), scale).mean()))
         out["largest_share"].append(float((choice == largest_index).double().mean()))
         out["choices"].append(choice.cpu().numpy())
     return GreedyCurve(
@@ -180,9 +263,14 @@ def greedy_curve(
 __all__ = [
     "LARGEST_MODEL",
     "TAU_RULES",
+    "CostScale",
+    "CostScaleKind",
     "GreedyCurve",
     "PreferenceSampling",
     "TauRule",
+    "as_cost_scale",
+    "build_cost_scale",
+    "derive_cost_floor",
     "derive_tau",
     "greedy_choice",
     "greedy_curve",

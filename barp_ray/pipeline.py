@@ -199,12 +199,15 @@ def _evaluate_seed(policy, train, test, seed: int, with_baselines: bool) -> dict
     from barp_ray.evaluation.evaluate import build_baselines, evaluate_routers
 
     router = BarpRouter(policy)
-    router.fit(train, policy.spec.tau)
+    router.fit(train, policy.spec.cost_scale)
     routers = {"barp": router}
     if with_baselines:
         routers.update(
             build_baselines(
-                train, policy.spec.tau, seed=seed, include=("offline_mlp", "knn", "linucb", "lin_ts", "eps_greedy")
+                train,
+                policy.spec.cost_scale,
+                seed=seed,
+                include=("offline_mlp", "knn", "linucb", "lin_ts", "eps_greedy"),
             )
         )
     return evaluate_routers(routers, test).to_json_dict()
@@ -287,7 +290,7 @@ def _training_markdown(cfg: TrainConfig, outcome, stats, timings: dict[str, floa
     rows = [
         f"- Ray Train: {cfg.num_workers} worker(s), use_gpu={cfg.use_gpu}; {cfg.epochs} epochs x "
         f"{cfg.steps_per_epoch} steps x batch {cfg.batch_size}.",
-        f"- tau = ${outcome.tau:.6f} ({'given' if cfg.tau else cfg.tau_rule}); best epoch by val AIQ: "
+        f"- cost scale: {outcome.scale.describe()} (tau {'given' if cfg.tau else cfg.tau_rule}); best epoch: "
         f"{best.get('epoch')} (val AIQ {best.get('val_aiq', float('nan')):.4f}, "
         f"val mean reward {best.get('val_reward', float('nan')):.4f}).",
         f"- Embeddings: {stats}.",

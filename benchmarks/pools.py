@@ -25,7 +25,7 @@ from barp_ray.evaluation.intervals import aggregate_results, mean_interval
 from barp_ray.evaluation.metrics import aiq
 from barp_ray.evaluation.pools import POOL_NAMES, Pool, build_pools
 from barp_ray.evaluation.routers import utility_argmax
-from barp_ray.objective import derive_tau
+from barp_ray.objective import CostScale
 from barp_ray.policy.model import PolicyEnsemble
 from barp_ray.training.bare import train_in_process
 from barp_ray.training.config import TrainConfig
@@ -39,17 +39,19 @@ def run_pool(pool: Pool, seed: int, cfg: TrainConfig, policies: list | None = No
     """metrics.json of every router on the pool's test split for one seed (+ BaRP's validation record).
 
     The trained BaRP policy is appended to `policies` (for the seed ensemble)."""
-    tau = derive_tau(pool.train.costs, cfg.tau_rule) if cfg.tau is None else cfg.tau
+    tau = cfg.resolve_cost_scale(pool.train.costs)  # BaRP's reward cost scale, shared by every router
     fit = pool.fit_table()
     t0 = time.perf_counter()
-    outcome = train_in_process(cfg.model_copy(update={"seed": seed}), pool.train, pool.val, tau=tau)
+    outcome = train_in_process(cfg.model_copy(update={"seed": seed}), pool.train, pool.val, scale=tau)
     if policies is not None:
         policies.append(outcome.policy)
     barp = BarpRouter(outcome.policy)
     barp.fit(fit, tau)
     barp_s = time.perf_counter() - t0
     routers = {"barp": barp, **build_baselines(fit, tau, seed=seed, include=("single", "oracle", *LEARNED))}
-    result = evaluate_routers(routers, pool.test, extra={"pool": pool.name, "seed": seed, "tau": tau}).to_json_dict()
+    result = evaluate_routers(
+        routers, pool.test, extra={"pool": pool.name, "seed": seed, "tau": tau.tau, "cost_floor": tau.floor}
+    ).to_json_dict()
     result["extra"]["barp_best"] = {k: outcome.best[k] for k in ("epoch", "passes", "val_aiq", "val_reward")}
     result["extra"]["barp_epochs_run"] = len(outcome.history)
     result["extra"]["barp_seconds"] = barp_s
@@ -58,7 +60,7 @@ def run_pool(pool: Pool, seed: int, cfg: TrainConfig, policies: list | None = No
     return result
 
 
-def ensemble_record(pool: Pool, policies: list, tau: float) -> dict:
+def ensemble_record(pool: Pool, policies: list, tau: CostScale) -> dict:
     """Mean-logit ensemble of the seeds' policies: validation AIQ (ensemble vs mean member) and test AIQ."""
     ens = PolicyEnsemble(policies).eval()
     val = PolicyData.from_table(pool.val)
@@ -73,7 +75,7 @@ def ensemble_record(pool: Pool, policies: list, tau: float) -> dict:
     }
 
 
-def bayes_optimal_aiq(pool: Pool, tau: float) -> float:
+def bayes_optimal_aiq(pool: Pool, tau: CostScale) -> float:
     """Test AIQ of the known optimal policy of a synthetic pool (expected scores and costs, never outcomes)."""
     test = pool.test
     mu, c_exp = test.extra["expected_scores"], test.costs.mean(axis=0)
@@ -200,7 +202,9 @@ def main() -> None:
             pool_runs[pool.name] = sorted(runs, key=lambda m: m["extra"]["seed"])
             cache.write_text(json.dumps(pool_runs))
         if len(policies) == len(args.seeds) > 1:  # all seeds trained in this process: the seed ensemble
-            ens = ensemble_record(pool, policies, runs[0]["extra"]["tau"])
+            ens = ensemble_record(
+                pool, policies, CostScale(runs[0]["extra"]["tau"], runs[0]["extra"].get("cost_floor"))
+            )
             ensembles[pool.name] = ens
             ens_path.write_text(json.dumps(ensembles, indent=1))
             print(

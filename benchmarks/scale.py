@@ -56,7 +56,7 @@ def optimum_gap(policy_dir: str, data: Path, test_rows: int) -> dict:
     take = slice(0, min(test_rows, len(test["costs"])))
     policy = load_policy(policy_dir)
     grid = w_grid()
-    tau = float(policy.spec.tau)
+    tau = policy.spec.cost_scale  # the optimum under the reward the policy was trained on
     curve = greedy_curve(
         policy, torch.as_tensor(test["embedding"][take]), test["expected_scores"][take], test["costs"][take], grid, tau
     )

@@ -64,7 +64,7 @@ def test_bandit_finds_each_clusters_best_model_from_bandit_feedback(name: str) -
     train, _ = cluster_table(1500, 0)
     test, cluster = cluster_table(600, 1)
     router = make_router(name, passes=10, seed=0)
-    router.fit(train, tau=4e-4)
+    router.fit(train, scale=4e-4)
     assert float(np.mean(router.route(test.embeddings, 0.0) == cluster)) > 0.85  # chance: 1/3
     # all-cost preference: the cheapest model everywhere
     assert float(np.mean(router.route(test.embeddings, 1.0) == 0)) > 0.9
@@ -74,7 +74,7 @@ def test_bandit_finds_each_clusters_best_model_from_bandit_feedback(name: str) -
 def test_bandit_switches_at_the_analytic_preference(name: str) -> None:
     train, test = two_model_table(800, 0), two_model_table(200, 1)
     router = make_router(name, passes=10, seed=0)
-    router.fit(train, tau=0.01)
+    router.fit(train, scale=0.01)
     assert float(np.mean(router.route(test.embeddings, 0.1) == 0)) > 0.9  # r_big 0.8 > r_small 0.45
     assert float(np.mean(router.route(test.embeddings, 0.6) == 1)) > 0.9  # r_big -0.2 < r_small 0.2
 

@@ -8,6 +8,10 @@ import torch
 
 from barp_ray.objective import (
     LARGEST_MODEL,
+    CostScale,
+    as_cost_scale,
+    build_cost_scale,
+    derive_cost_floor,
     derive_tau,
     greedy_choice,
     greedy_curve,
@@ -26,6 +30,54 @@ def test_reward_same_on_tensors_and_arrays() -> None:
     np.testing.assert_allclose(r_np, [0.5 * 1 - 0.5 * 1.0, 0.0, 0.25 - 0.25])  # c~ clipped at 1
     np.testing.assert_allclose(r_t.numpy(), r_np)
     assert float(normalized_cost(np.array([0.05]), 0.01)[0]) == 1.0
+
+
+def test_log_cost_scale_weighs_cost_ratios_equally() -> None:
+    scale = CostScale(tau=0.01, floor=1e-4)
+    c = np.array([1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.0])
+    np.testing.assert_allclose(scale.normalize(c), [0.0, 0.0, 0.5, 1.0, 1.0, 0.0], atol=1e-12)  # clipped both ends
+    np.testing.assert_allclose(scale.normalize(torch.tensor(c)).numpy(), scale.normalize(c))
+    # a 4x cheaper model gains the same c~ at the cheap end as at the dear end (linear: 100x less at the cheap end)
+    np.testing.assert_allclose(
+        np.diff(scale.normalize(np.array([1e-4, 4e-4]))), np.diff(scale.normalize(np.array([2.5e-3, 1e-2])))
+    )
+    assert reward(1.0, 1e-3, 0.5, scale) == pytest.approx(0.5 - 0.25)
+    assert scale.kind == "log" and "floor" in scale.describe()
+
+
+def test_linear_cost_scale_is_the_papers_and_a_bare_number_means_it() -> None:
+    c = np.array([0.0, 0.005, 0.02])
+    assert as_cost_scale(0.01) == CostScale(0.01) and CostScale(0.01).kind == "linear"
+    np.testing.assert_allclose(normalized_cost(c, 0.01), np.minimum(c / 0.01, 1.0))
+    np.testing.assert_allclose(normalized_cost(c, CostScale(0.01)), normalized_cost(c, 0.01))
+
+
+def test_cost_scale_validation_and_floor_rule() -> None:
+    with pytest.raises(ValueError, match="floor < tau"):
+        CostScale(tau=0.01, floor=0.02)
+    with pytest.raises(ValueError, match="positive finite"):
+        CostScale(tau=float("inf"))
+    cheap = np.linspace(1e-4, 2e-4, 101)  # the cheapest model by mean cost; its 1st percentile is the floor
+    costs = np.stack([cheap, cheap * 50], axis=1)
+    assert derive_cost_floor(costs, tau=0.01) == pytest.approx(np.quantile(cheap, 0.01))
+    free = np.stack([np.zeros(5), np.full(5, 1e-3)], axis=1)  # a free model: the smallest positive cost
+    assert derive_cost_floor(free, tau=0.01) == pytest.approx(1e-3)
+    assert derive_cost_floor(np.full((3, 2), 0.02), tau=0.01) == pytest.approx(1e-5)  # floor >= tau: tau / 1000
+    log_scale = build_cost_scale(costs, "log")
+    assert log_scale.tau == pytest.approx(derive_tau(costs)) and log_scale.floor == pytest.approx(
+        np.quantile(cheap, 0.01)
+    )
+    assert build_cost_scale(costs, "linear") == CostScale(derive_tau(costs))
+    assert build_cost_scale(None, "log", tau=0.01, floor=1e-4) == CostScale(0.01, 1e-4)
+    with pytest.raises(ValueError, match="needs `cost_floor`"):
+        build_cost_scale(None, "log", tau=0.01)
+
+
+def test_policy_spec_records_its_cost_scale() -> None:
+    spec = PolicySpec(models=["a", "b"], tau=0.01, encoder="toy")  # a checkpoint from before cost_floor: linear
+    assert spec.cost_scale == CostScale(0.01)
+    spec = PolicySpec.model_validate({**spec.model_dump(), "cost_floor": 1e-4})
+    assert spec.cost_scale == CostScale(0.01, 1e-4)
 
 
 def test_tau_rules_and_errors() -> None:
@@ -74,7 +126,7 @@ def test_greedy_choice_and_curve() -> None:
     assert policy.training, "greedy_choice restores the module's mode"
     scores = np.tile([1.0, 0.5, 0.0], (5, 1))
     costs = np.tile([0.02, 0.01, 0.001], (5, 1))
-    curve = greedy_curve(policy, emb.numpy(), scores, costs, [0.0, 1.0], tau=0.01)
+    curve = greedy_curve(policy, emb.numpy(), scores, costs, [0.0, 1.0], scale=0.01)
     np.testing.assert_allclose(curve.score, [1.0, 0.0])
     np.testing.assert_allclose(curve.cost, [0.02, 0.001])
     np.testing.assert_allclose(curve.reward, [1.0, -0.1])

@@ -82,7 +82,7 @@ def test_reinforce_learns_better_model_at_wc0_and_cheaper_at_wc1():
     torch.manual_seed(0)
     policy = BarpPolicy(spec)
     cfg = TrainConfig(epochs=1, steps_per_epoch=300, batch_size=128, lr=3e-3, beta_start=0.1, beta_end=0.005)
-    learner = ReinforceLearner(policy, cfg, tau=0.01, batch_size=128, seed=0)
+    learner = ReinforceLearner(policy, cfg, scale=0.01, batch_size=128, seed=0)
     before = greedy_curve(policy, data, np.array([0.0, 1.0]))
     for _ in range(cfg.total_steps):
         learner.step(data)
@@ -132,8 +132,8 @@ def test_in_process_training_is_deterministic_and_learns_the_switch():
 
     train, val = _toy_tables()
     cfg = TrainConfig(passes=200, epochs=5, batch_size=64, lr=3e-3, hidden_dim=32, pref_dim=8, seed=3)
-    a = train_in_process(cfg, train, val, tau=0.01)
-    b = train_in_process(cfg, train.take(np.arange(len(train))[::-1]), val, tau=0.01)  # row order must not matter
+    a = train_in_process(cfg, train, val, scale=0.01)
+    b = train_in_process(cfg, train.take(np.arange(len(train))[::-1]), val, scale=0.01)  # row order must not matter
     assert [h["val_reward"] for h in a.history] == [h["val_reward"] for h in b.history]
     for (ka, va), (kb, vb) in zip(a.policy.state_dict().items(), b.policy.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
@@ -150,7 +150,7 @@ def test_early_stopping_keeps_the_best_validation_epoch():
     cfg = TrainConfig(
         passes=400, epochs=20, patience=2, batch_size=64, lr=3e-3, hidden_dim=32, pref_dim=8, select_metric="val_reward"
     )
-    out = train_in_process(cfg, train, val, tau=0.01)
+    out = train_in_process(cfg, train, val, scale=0.01)
     rewards = [h["val_reward"] for h in out.history]
     assert out.best["val_reward"] == max(rewards)
     if len(out.history) < cfg.epochs:  # stopped early: the last `patience` epochs were no better
@@ -167,7 +167,7 @@ def test_rescalarised_preferences_keep_the_toy_solution():
     spec = PolicySpec(models=["big", "small"], tau=0.01, encoder="toy", embed_dim=16, pref_dim=8, hidden_dim=32)
     policy = BarpPolicy(spec)
     cfg = TrainConfig(epochs=1, steps_per_epoch=300, batch_size=128, lr=3e-3, w_samples=4)
-    learner = ReinforceLearner(policy, cfg, tau=0.01, batch_size=128, seed=0)
+    learner = ReinforceLearner(policy, cfg, scale=0.01, batch_size=128, seed=0)
     for _ in range(cfg.total_steps):
         learner.step(data)
     x = data.embeddings

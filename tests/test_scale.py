@@ -32,7 +32,7 @@ def _rewards(policy_dir, synth_dir) -> tuple[float, float, float]:
     """(policy, best single model, optimum) mean expected reward over the w grid on the test split."""
     test = read_synth_split(str(synth_dir), "test")
     policy = load_policy(policy_dir)
-    tau, grid = float(policy.spec.tau), w_grid()
+    tau, grid = policy.spec.cost_scale, w_grid()  # the optimum under the reward the policy was trained on
     curve = greedy_curve(policy, torch.as_tensor(test["embedding"]), test["expected_scores"], test["costs"], grid, tau)
     n, k = test["expected_scores"].shape
     achieved = policy_rewards(curve.choices, test["expected_scores"], test["costs"], tau, grid).mean()

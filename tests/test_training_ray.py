@@ -10,6 +10,7 @@ import pytest
 
 from barp_ray.data.shards import read_shards
 from barp_ray.embeddings.job import EmbedConfig, run_embed
+from barp_ray.objective import derive_cost_floor
 from barp_ray.policy import load_policy, read_policy_metadata
 from barp_ray.training.config import TrainConfig
 from barp_ray.training.trainer import train_policy
@@ -80,6 +81,10 @@ def test_ray_train_two_workers_crash_resume_and_loto(small_shards, tmp_path):
     train = table.where_split("train").where_tasks(["mbpp"], keep=False)
     top = train.costs.mean(axis=0).argmax()
     assert first.tau == pytest.approx(float(np.quantile(train.costs[:, top], 0.99)))
+    # the default log cost scale: its floor derived from the same rows, recorded in the exported policy
+    assert policy.spec.cost_scale == first.scale and first.scale.floor == pytest.approx(
+        derive_cost_floor(train.costs, first.tau)
+    )
 
     # every rank saved its own sampling RNG state into the checkpoint (rank 1's differs from rank 0's)
     ckpt = Path(first.best_checkpoint)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from barp_ray import storage
 from barp_ray.config import JobConfig
 from barp_ray.data.table import RoutingTable
-from barp_ray.objective import derive_tau, reward
+from barp_ray.objective import CostScale, derive_tau, reward
 
 SYNTH_FORMAT = "barp-ray synthetic routing shards v1"
 
@@ -123,13 +123,15 @@ class GroundTruth:
         }
 
 
-def optimal_rewards(expected_scores: np.ndarray, costs: np.ndarray, tau: float, grid: np.ndarray) -> np.ndarray:
-    """Mean expected reward of the optimal policy at each w_c of `grid` (G,)."""
+def optimal_rewards(
+    expected_scores: np.ndarray, costs: np.ndarray, tau: float | CostScale, grid: np.ndarray
+) -> np.ndarray:
+    """Mean expected reward of the optimal policy at each w_c of `grid` (G,), under the cost scale `tau`."""
     return np.asarray([reward(expected_scores, costs, wc, tau).max(axis=1).mean() for wc in grid])
 
 
 def policy_rewards(
-    choices: np.ndarray, expected_scores: np.ndarray, costs: np.ndarray, tau: float, grid: np.ndarray
+    choices: np.ndarray, expected_scores: np.ndarray, costs: np.ndarray, tau: float | CostScale, grid: np.ndarray
 ) -> np.ndarray:
     """Mean expected reward at each w_c of `grid` of given choices (G, N), e.g. `GreedyCurve.choices`."""
     rows = np.arange(expected_scores.shape[0])

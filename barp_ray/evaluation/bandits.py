@@ -2,7 +2,7 @@
 
 Every router here learns exactly as BaRP does: rounds of interactions, each one a training prompt, a
 preference w_c ~ U(0, 1), ONE model chosen by the learner's exploration rule, and only that model's
-recorded score q and cost c revealed (reward ``r = (1 - w_c) q - w_c min(c / tau, 1)``). The budget is
+recorded score q and cost c revealed (reward ``r = (1 - w_c) q - w_c c~(c)``, BaRP's cost scale). The budget is
 ``passes`` interactions per training prompt (prompts visited in a seeded random order each pass), the
 same unit as `TrainConfig.passes`. At test time they route greedily (no exploration).
 
@@ -24,7 +24,7 @@ from torch import nn
 
 from barp_ray.data.table import RoutingTable
 from barp_ray.evaluation.routers import Router, _require_embeddings, register, utility_argmax
-from barp_ray.objective import normalized_cost, reward
+from barp_ray.objective import CostScale, normalized_cost, reward
 from barp_ray.training.config import TrainConfig
 
 DEFAULT_PASSES = float(TrainConfig.model_fields["passes"].default)  # the same budget as BaRP's default
@@ -44,14 +44,14 @@ class BanditRouter(Router):
         self.interactions_ = 0
         self.observed_reward_ = float("nan")
 
-    def fit(self, train: RoutingTable, tau: float) -> None:
+    def fit(self, train: RoutingTable, scale: float | CostScale) -> None:
         # thousands of rounds of small (~130-d) solves: multi-threaded BLAS only adds contention (15-25x slower
         # on 2 shared cores, measured); one thread for the whole interaction loop
         with threadpool_limits(limits=1, user_api="blas"):
-            self._fit(train, tau)
+            self._fit(train, scale)
 
-    def _fit(self, train: RoutingTable, tau: float) -> None:
-        self._remember(train, tau)
+    def _fit(self, train: RoutingTable, scale: float | CostScale) -> None:
+        self._remember(train, scale)
         emb = _require_embeddings(train, self.name)
         self._mu, self._sd = emb.mean(axis=0), emb.std(axis=0) + 1e-6
         x = self._standardise(emb)
@@ -72,7 +72,7 @@ class BanditRouter(Router):
                 a = self._choose(x[idx], w, explore=True, rng=rng)
                 q = train.scores[idx, a].astype(np.float64)  # bandit feedback: the chosen model only
                 c = train.costs[idx, a].astype(np.float64)
-                rewards.append(reward(q, c, w, self.tau))
+                rewards.append(reward(q, c, w, self.scale))
                 self._update(x[idx], w, a, q, c, rng, idx)
         self.interactions_ = total
         self.observed_reward_ = float(np.concatenate(rewards).mean()) if rewards else float("nan")
@@ -137,9 +137,9 @@ class _RidgeBandit(BanditRouter):
             self._pc_sd = (x @ self._basis).std(axis=0) + 1e-6
         return ((x @ self._basis) / self._pc_sd).astype(np.float32)
 
-    def _fit(self, train: RoutingTable, tau: float) -> None:
+    def _fit(self, train: RoutingTable, scale: float | CostScale) -> None:
         self._basis = None
-        super()._fit(train, tau)
+        super()._fit(train, scale)
 
     def _init(self, dim: int, k: int, rng: np.random.Generator, capacity: int) -> None:
         d = 2 * (dim + 1)
@@ -154,7 +154,7 @@ class _RidgeBandit(BanditRouter):
 
     def _update(self, x, w, a, q, c, rng, rows) -> None:
         z = linear_features(x, w)
-        r = reward(q, c, w, self.tau)
+        r = reward(q, c, w, self.scale)
         for k in np.unique(a):
             zk = z[a == k]
             self._a[k] += zk.T @ zk
@@ -285,7 +285,7 @@ class EpsilonGreedyRouter(BanditRouter):
         self._rows[lo:hi] = torch.from_numpy(np.asarray(rows, dtype=np.int64))
         self._a[lo:hi] = torch.from_numpy(a)
         self._q[lo:hi] = torch.from_numpy(q.astype(np.float32))
-        self._c[lo:hi] = torch.from_numpy(normalized_cost(c, self.tau).astype(np.float32))
+        self._c[lo:hi] = torch.from_numpy(normalized_cost(c, self.scale).astype(np.float32))
         self._n = hi
         self._net.train()
         for _ in range(self.updates_per_round):

@@ -9,7 +9,7 @@ import torch
 
 from barp_ray.data.table import RoutingTable
 from barp_ray.evaluation.routers import Router, register
-from barp_ray.objective import greedy_choice
+from barp_ray.objective import CostScale, greedy_choice
 from barp_ray.policy.checkpoint import load_policy
 from barp_ray.policy.model import BarpPolicy
 
@@ -25,11 +25,11 @@ class BarpRouter(Router):
         self.policy = load_policy(policy) if isinstance(policy, str | Path) else policy.eval()
         self.name = name
 
-    def fit(self, train: RoutingTable, tau: float) -> None:
+    def fit(self, train: RoutingTable, scale: float | CostScale) -> None:
         if list(train.models) != list(self.policy.spec.models):
             raise ValueError(f"policy was trained on models {self.policy.spec.models}, table has {train.models}")
         check_same_encoder(self.policy.spec.encoder, train.encoder)
-        self._remember(train, self.policy.spec.tau)
+        self._remember(train, self.policy.spec.cost_scale)
 
     @torch.no_grad()
     def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:

@@ -20,7 +20,10 @@ from barp_ray.evaluation.metrics import (
     w_key,
 )
 from barp_ray.evaluation.routers import ROUTERS, Router, make_router
-from barp_ray.objective import LARGEST_MODEL  # noqa: F401 (re-exported by barp_ray.evaluation)
+from barp_ray.objective import (
+    LARGEST_MODEL,  # noqa: F401 (re-exported by barp_ray.evaluation)
+    CostScale,
+)
 from barp_ray.objective import largest_model as _largest_of
 
 
@@ -204,14 +207,15 @@ DEFAULT_BASELINES: tuple[str, ...] = (
 
 def build_baselines(
     train: RoutingTable,
-    tau: float,
+    scale: float | CostScale,
     *,
     seed: int = 0,
     include: Sequence[str] = DEFAULT_BASELINES,
     knn_k: int = 20,
     options: dict[str, dict] | None = None,
 ) -> dict[str, Router]:
-    """Fit baselines on `train`, each built by name through the router registry (`make_router`).
+    """Fit baselines on `train`, each built by name through the router registry (`make_router`); `scale` is
+    the reward's cost scale (BaRP's, so every preference-aware router trades cost for quality alike).
 
     ``single`` expands to one router per model. `seed` goes to every router that takes one; `options`
     holds extra constructor arguments per registry name (e.g. ``{"linucb": {"passes": 5}}``). Learned
@@ -230,7 +234,7 @@ def build_baselines(
             kwargs.setdefault("seed", seed)
         out[name] = make_router(name, **kwargs)
     for router in out.values():
-        router.fit(train, tau)
+        router.fit(train, scale)
     return out
 
 

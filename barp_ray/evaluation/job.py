@@ -43,8 +43,8 @@ def evaluate_policy(
     if not isinstance(policy, BarpPolicy):
         policy = load_policy(policy)
     routers = {"barp": BarpRouter(policy)}
-    routers.update(build_baselines(train, policy.spec.tau, seed=seed, include=baselines))
-    routers["barp"].fit(train, policy.spec.tau)
+    routers.update(build_baselines(train, policy.spec.cost_scale, seed=seed, include=baselines))
+    routers["barp"].fit(train, policy.spec.cost_scale)
     return evaluate_routers(routers, test, w_grid, extra=extra)
 
 

@@ -20,7 +20,6 @@ from barp_ray.evaluation.barp_router import BarpRouter
 from barp_ray.evaluation.evaluate import evaluate_routers
 from barp_ray.evaluation.intervals import mean_interval
 from barp_ray.evaluation.routers import make_router
-from barp_ray.objective import derive_tau
 from barp_ray.training.bare import train_in_process
 from barp_ray.training.config import TrainConfig
 
@@ -41,12 +40,12 @@ def learning_curve(
     """``{"budgets": [...], "learners": {name: {budget: {"aiq": Interval dict, "per_seed": [...]}}}}``.
 
     BaRP learns from `train` and selects on `val`; the bandit baselines learn from train + val (as in the
-    main evaluation); everything is scored on `test`. tau is BaRP's rule on the training costs.
+    main evaluation); everything is scored on `test`. The cost scale is BaRP's, from the training costs.
     """
     cfg = cfg or TrainConfig()
-    tau = cfg.tau if cfg.tau is not None else derive_tau(train.costs, cfg.tau_rule)
+    scale = cfg.resolve_cost_scale(train.costs)
     fit_table = RoutingTable.concat([train, val])
-    out: dict = {"budgets": [float(b) for b in budgets], "tau": tau, "learners": {}}
+    out: dict = {"budgets": [float(b) for b in budgets], "tau": scale.tau, "cost_floor": scale.floor, "learners": {}}
     for name in learners:
         per_budget = {}
         for budget in budgets:
@@ -54,13 +53,13 @@ def learning_curve(
             for seed in seeds:
                 if name == "barp":
                     outcome = train_in_process(
-                        cfg.model_copy(update={"passes": float(budget), "seed": seed}), train, val, tau=tau
+                        cfg.model_copy(update={"passes": float(budget), "seed": seed}), train, val, scale=scale
                     )
                     router = BarpRouter(outcome.policy)
-                    router.fit(fit_table, tau)
+                    router.fit(fit_table, scale)
                 else:
                     router = make_router(name, passes=float(budget), seed=seed)
-                    router.fit(fit_table, tau)
+                    router.fit(fit_table, scale)
                 aiqs.append(evaluate_routers({name: router}, test).routers[name].aiq)
             per_budget[f"{budget:g}"] = {"aiq": mean_interval(aiqs).to_dict(), "per_seed": aiqs}
             if progress:

@@ -3,7 +3,7 @@
 Every router (BaRP and the baselines alike) implements one interface, like RouteLLM's router registry:
 
     router = make_router("knn", k=20)
-    router.fit(train_table, tau)                # tau: USD cost scale of the reward
+    router.fit(train_table, scale)              # scale: the reward's cost scale (objective.CostScale)
     choice = router.route(embeddings, 0.3)      # (N,) int model index per row of (N, D) embeddings, w_c = 0.3
     choice = router.route_table(test_table, 0.3)  # the same for a table (checks its model list)
 
@@ -11,8 +11,8 @@ Every router (BaRP and the baselines alike) implements one interface, like Route
 The one exception is the `oracle` reference (``uses_outcomes = True``): it overrides `route_table` and reads
 the routed table's true scores and costs; it is an upper bound, not a router.
 
-Preference-aware routers pick by the utility ``w_q * q_hat - w_c * min(c_hat / tau, 1)`` with
-``w_q = 1 - w_c`` (the reward of the BaRP paper), ties going to the cheaper model.
+Preference-aware routers pick by the utility ``w_q * q_hat - w_c * c~(c_hat)`` with ``w_q = 1 - w_c`` (the
+reward BaRP is trained on, with the same cost scale), ties going to the cheaper model.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 
 from barp_ray.data.table import RoutingTable
 from barp_ray.evaluation.metrics import DEFAULT_W_GRID
-from barp_ray.objective import normalized_cost, reward
+from barp_ray.objective import CostScale, as_cost_scale, normalized_cost, reward
 
 ROUTERS: dict[str, type[Router]] = {}
 
@@ -61,30 +61,32 @@ def make_router(name: str, **kwargs) -> Router:
     return ROUTERS[name](**kwargs)
 
 
-def normalised_cost(costs: np.ndarray, tau: float) -> np.ndarray:
-    """c~ = min(c / tau, 1) (`barp_ray.objective.normalized_cost`, as float64 numpy)."""
-    return normalized_cost(np.asarray(costs, dtype=np.float64), tau)
+def normalised_cost(costs: np.ndarray, scale: float | CostScale) -> np.ndarray:
+    """c~ (`barp_ray.objective.normalized_cost`, as float64 numpy)."""
+    return normalized_cost(np.asarray(costs, dtype=np.float64), scale)
 
 
-def utility_argmax(q_hat: np.ndarray, c_hat: np.ndarray, w_cost: float | np.ndarray, tau: float) -> np.ndarray:
-    """Per row argmax of ``(1 - w_c) * q_hat - w_c * min(c_hat / tau, 1)``; ties go to the lower ``c_hat``.
+def utility_argmax(
+    q_hat: np.ndarray, c_hat: np.ndarray, w_cost: float | np.ndarray, scale: float | CostScale
+) -> np.ndarray:
+    """Per row argmax of ``(1 - w_c) * q_hat - w_c * c~(c_hat)``; ties go to the lower ``c_hat``.
 
     `w_cost` is one value, or an (N, 1) array of one value per row.
     """
     q_hat = np.asarray(q_hat, dtype=np.float64)
     c_hat = np.broadcast_to(np.asarray(c_hat, dtype=np.float64), q_hat.shape)
-    util = reward(q_hat, c_hat, w_cost, tau)
+    util = reward(q_hat, c_hat, w_cost, scale)
     best = util.max(axis=1, keepdims=True)
     tied_cost = np.where(util >= best - _TIE_EPS, c_hat, np.inf)
     return tied_cost.argmin(axis=1).astype(np.int64)
 
 
-def realised_reward(table: RoutingTable, choice: np.ndarray, w_cost: float, tau: float) -> float:
+def realised_reward(table: RoutingTable, choice: np.ndarray, w_cost: float, scale: float | CostScale) -> float:
     """Mean reward ``w_q * q - w_c * c~`` of the chosen models, with the table's true scores and costs."""
     rows = np.arange(len(table))
     q = table.scores[rows, choice].astype(np.float64)
     c = table.costs[rows, choice].astype(np.float64)
-    return float(np.mean(reward(q, c, w_cost, tau))) if len(table) else 0.0
+    return float(np.mean(reward(q, c, w_cost, scale))) if len(table) else 0.0
 
 
 class Router(ABC):
@@ -101,11 +103,11 @@ class Router(ABC):
 
     def __init__(self) -> None:
         self.models: list[str] | None = None
-        self.tau: float | None = None
+        self.scale: CostScale | None = None  # the reward's cost scale, set by `fit`
 
     @abstractmethod
-    def fit(self, train: RoutingTable, tau: float) -> None:
-        """Learn from `train`; `tau` (USD, > 0) normalises cost in the reward."""
+    def fit(self, train: RoutingTable, scale: float | CostScale) -> None:
+        """Learn from `train`; `scale` maps cost to the reward's c~ (a number: tau of the linear map)."""
 
     @abstractmethod
     def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
@@ -122,11 +124,9 @@ class Router(ABC):
         return self.route(np.asarray(table.embeddings, dtype=np.float32), w_cost)
 
     # ---- helpers for subclasses ------------------------------------------------------------------
-    def _remember(self, train: RoutingTable, tau: float) -> None:
-        if not (tau > 0 and np.isfinite(tau)):
-            raise ValueError(f"tau must be a positive finite USD amount, got {tau!r}")
+    def _remember(self, train: RoutingTable, scale: float | CostScale) -> None:
         self.models = list(train.models)
-        self.tau = float(tau)
+        self.scale = as_cost_scale(scale)
 
     def _check(self, table: RoutingTable, w_cost: float | None = None) -> None:
         self._check_fitted(w_cost)
@@ -168,8 +168,8 @@ class SingleModelRouter(Router):
         self.index: int | None = None
         self.name = f"single:{model}"
 
-    def fit(self, train: RoutingTable, tau: float) -> None:
-        self._remember(train, tau)
+    def fit(self, train: RoutingTable, scale: float | CostScale) -> None:
+        self._remember(train, scale)
         if isinstance(self.model, str):
             if self.model not in train.models:
                 raise ValueError(f"model {self.model!r} not in {train.models}")
@@ -197,8 +197,8 @@ class RandomRouter(Router):
         super().__init__()
         self.seed = seed
 
-    def fit(self, train: RoutingTable, tau: float) -> None:
-        self._remember(train, tau)
+    def fit(self, train: RoutingTable, scale: float | CostScale) -> None:
+        self._remember(train, scale)
 
     def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
         self._check_fitted(w_cost)
@@ -213,15 +213,15 @@ class OracleRouter(Router):
     name = "oracle"
     uses_outcomes = True
 
-    def fit(self, train: RoutingTable, tau: float) -> None:
-        self._remember(train, tau)
+    def fit(self, train: RoutingTable, scale: float | CostScale) -> None:
+        self._remember(train, scale)
 
     def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
         raise TypeError("the oracle reads true outcomes: call route_table(table, w_cost), not route(embeddings)")
 
     def route_table(self, table: RoutingTable, w_cost: float) -> np.ndarray:
         self._check(table, w_cost)
-        return utility_argmax(table.scores, table.costs, w_cost, self.tau)
+        return utility_argmax(table.scores, table.costs, w_cost, self.scale)
 
 
 # ---- learned baselines -------------------------------------------------------------------------------
@@ -278,17 +278,17 @@ class OfflineMLPRouter(Router):
         self.val_report_: dict[str, float | int | str] = {}
 
     # ---- fit -----------------------------------------------------------------------------------------
-    def fit(self, train: RoutingTable, tau: float) -> None:
+    def fit(self, train: RoutingTable, scale: float | CostScale) -> None:
         previous = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         try:
-            self._fit(train, tau)
+            self._fit(train, scale)
         finally:
             torch.set_num_threads(previous)
 
-    def _fit(self, train: RoutingTable, tau: float) -> None:
-        self._remember(train, tau)
+    def _fit(self, train: RoutingTable, scale: float | CostScale) -> None:
+        self._remember(train, scale)
         x_all = _require_embeddings(train, self.name)
         n, k = len(train), train.num_models
         if n < 2:
@@ -358,10 +358,11 @@ class OfflineMLPRouter(Router):
             c_mean = np.broadcast_to(self._mean_cost_fit, c_head.shape)
             for label, c_hat in (("mean", c_mean), ("head", c_head)):
                 rewards = [
-                    realised_reward(val, utility_argmax(q_val, c_hat, w, self.tau), w, self.tau) for w in DEFAULT_W_GRID
+                    realised_reward(val, utility_argmax(q_val, c_hat, w, self.scale), w, self.scale)
+                    for w in DEFAULT_W_GRID
                 ]
                 self.val_report_[f"val_reward_{label}"] = float(np.mean(rewards))
-                err = normalised_cost(c_hat, self.tau) - normalised_cost(val.costs, self.tau)
+                err = normalised_cost(c_hat, self.scale) - normalised_cost(val.costs, self.scale)
                 self.val_report_[f"val_ntilde_cost_mae_{label}"] = float(np.abs(err).mean())
             if chosen == "auto":
                 better = self.val_report_["val_reward_head"] > self.val_report_["val_reward_mean"] + 1e-9
@@ -396,7 +397,7 @@ class OfflineMLPRouter(Router):
     def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
         self._check_fitted(w_cost)
         q_hat, c_hat = self.predict(embeddings)
-        return utility_argmax(q_hat, c_hat, w_cost, self.tau)
+        return utility_argmax(q_hat, c_hat, w_cost, self.scale)
 
 
 @register("knn")
@@ -411,8 +412,8 @@ class KNNRouter(Router):
             raise ValueError("k must be >= 1")
         self.k, self.chunk = k, chunk
 
-    def fit(self, train: RoutingTable, tau: float) -> None:
-        self._remember(train, tau)
+    def fit(self, train: RoutingTable, scale: float | CostScale) -> None:
+        self._remember(train, scale)
         self._emb = _unit(_require_embeddings(train, self.name))
         self._scores = np.asarray(train.scores, np.float64)
         self._costs = np.asarray(train.costs, np.float64)
@@ -433,7 +434,7 @@ class KNNRouter(Router):
     def route(self, embeddings: np.ndarray, w_cost: float) -> np.ndarray:
         self._check_fitted(w_cost)
         q_hat, c_hat = self.predict(embeddings)
-        return utility_argmax(q_hat, c_hat, w_cost, self.tau)
+        return utility_argmax(q_hat, c_hat, w_cost, self.scale)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from barp_ray.objective import greedy_choice, reward, sample_preferences, w_grid
+from barp_ray.objective import CostScale, greedy_choice, reward, sample_preferences, w_grid
 from barp_ray.offpolicy.estimators import importance_weights, snips
 from barp_ray.offpolicy.logged import LoggedBandit
 from barp_ray.policy.model import preference_tensor
@@ -68,7 +68,7 @@ class LoggedTensors:
 
 
 def offpolicy_step(
-    policy: nn.Module, opt: PolicyOptimizer, data: LoggedTensors, cfg, tau: float, batch_size: int
+    policy: nn.Module, opt: PolicyOptimizer, data: LoggedTensors, cfg, tau: float | CostScale, batch_size: int
 ) -> dict[str, float]:
     """One importance-weighted REINFORCE step on a batch of logged rows (clipped IPS, SNIPS or DR)."""
     n, device = batch_size, opt.device
@@ -113,7 +113,7 @@ class OffPolicyLearner:
     """Importance-weighted REINFORCE on logged rows: a `PolicyOptimizer` (shared with the on-policy learner:
     optimiser, schedules, RNG, checkpoint state) plus `offpolicy_step`."""
 
-    def __init__(self, policy: nn.Module, cfg, tau: float, batch_size: int, seed: int) -> None:
+    def __init__(self, policy: nn.Module, cfg, tau: float | CostScale, batch_size: int, seed: int) -> None:
         self.policy, self.cfg, self.tau, self.batch_size = policy, cfg, tau, batch_size
         self.optim = PolicyOptimizer(policy, cfg, seed)
 
@@ -141,7 +141,9 @@ def greedy_probs(policy: nn.Module, embeddings: torch.Tensor, w_cost: float | np
     return out
 
 
-def heldout_metrics(policy: nn.Module, data: LoggedTensors, tau: float, grid_points: int = 11) -> dict[str, float]:
+def heldout_metrics(
+    policy: nn.Module, data: LoggedTensors, tau: float | CostScale, grid_points: int = 11
+) -> dict[str, float]:
     """SNIPS estimates, on held-out logged rows, of the greedy policy's reward / score / cost over a w grid.
 
     `val_ope_reward` (mean over the grid) selects checkpoints: logs only, no full-information data.

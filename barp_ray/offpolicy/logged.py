@@ -75,6 +75,7 @@ class LoggedBandit:
     prompt_hashes: np.ndarray  # (N,) str
     policy_versions: np.ndarray  # (N,) str
     tau: float | None = None  # the logging policy's cost scale, if the log has its spec
+    cost_floor: float | None = None  # and its log scale's floor (None: linear)
     encoder: str | None = None
     report: LogReadReport = field(default_factory=LogReadReport)
     predicted_scores: np.ndarray | None = None  # (N, K) a reward model's q_hat, for the doubly robust gradient
@@ -136,13 +137,19 @@ class LoggedBandit:
         meta = {
             b"barp.models": "\n".join(self.models).encode(),
             b"barp.tau": str(self.tau or "").encode(),
+            b"barp.cost_floor": str(self.cost_floor or "").encode(),
             b"barp.encoder": (self.encoder or "").encode(),
         }
         return pa.table(cols).replace_schema_metadata(meta)
 
     @classmethod
     def from_columns(
-        cls, cols: dict, models: list[str], tau: float | None = None, encoder: str | None = None
+        cls,
+        cols: dict,
+        models: list[str],
+        tau: float | None = None,
+        encoder: str | None = None,
+        cost_floor: float | None = None,
     ) -> LoggedBandit:
         """From numpy columns named as in `to_arrow` (what a Ray Data batch gives)."""
         emb = (
@@ -161,6 +168,7 @@ class LoggedBandit:
             prompt_hashes=np.asarray(cols["prompt_hash"], dtype=object),
             policy_versions=np.asarray(cols["policy_version"], dtype=object),
             tau=tau,
+            cost_floor=cost_floor,
             encoder=encoder,
             **{
                 k: np.stack([np.asarray(v, np.float64) for v in cols[k]])
@@ -211,7 +219,7 @@ def read_logged_bandit(
     specs = read_policies(log_uri)
     newest = _newest_spec(frame, specs)
     models = list(models or (newest or {}).get("models") or sorted(frame["chosen_model"].dropna().unique()))
-    tau = (newest or {}).get("tau")
+    tau, cost_floor = (newest or {}).get("tau"), (newest or {}).get("cost_floor")
     encoder = encoder or (newest or {}).get("encoder")
     index_of = {m: i for i, m in enumerate(models)}
 
@@ -274,6 +282,7 @@ def read_logged_bandit(
         prompt_hashes=hashes.astype(object),
         policy_versions=rows["policy_version"].astype(str).to_numpy().astype(object),
         tau=float(tau) if tau else None,
+        cost_floor=float(cost_floor) if cost_floor else None,
         encoder=encoder,
         report=report,
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from barp_ray.objective import reward
+from barp_ray.objective import CostScale, reward
 from barp_ray.offpolicy.config import OPEConfig, read_source
 from barp_ray.offpolicy.estimators import Estimate, bootstrap_interval, estimate_all, importance_weights, statistic
 from barp_ray.offpolicy.learner import greedy_probs
@@ -42,7 +42,7 @@ def predicted_outcomes(cfg: OPEConfig, rows: LoggedBandit) -> tuple[np.ndarray, 
     return cross_fitted_predictions(rows, seed=cfg.seed)
 
 
-def outcomes(rows: LoggedBandit, w: np.ndarray | float, tau: float, predicted) -> dict[str, tuple]:
+def outcomes(rows: LoggedBandit, w: np.ndarray | float, tau: float | CostScale, predicted) -> dict[str, tuple]:
     """Observed y and predicted y_hat (N, K) of score, cost and reward at preference(s) w."""
     w = np.asarray(w, dtype=np.float64)
     q, c = rows.scores.astype(np.float64), rows.costs.astype(np.float64)
@@ -60,7 +60,8 @@ def run_ope(cfg: OPEConfig) -> dict:
     candidate = load_policy(cfg.candidate)
     spec = candidate.spec
     rows = read_source(cfg.source, models=list(spec.models), encoder=spec.encoder)
-    tau = cfg.tau or spec.tau
+    floor = spec.cost_floor if cfg.tau is None or (spec.cost_floor or 0) < cfg.tau else None
+    scale = CostScale(cfg.tau or spec.tau, floor)  # the candidate's reward scale (its floor under a tau override)
     emb = torch.as_tensor(rows.embeddings)
     predicted = predicted_outcomes(cfg, rows)
     estimators = tuple(cfg.estimators)
@@ -81,7 +82,7 @@ def run_ope(cfg: OPEConfig) -> dict:
         )
 
     targets = {(name, w): greedy_probs(policy, emb, w) for name, policy in policies.items() for w in cfg.w_grid}
-    at_w = {w: outcomes(rows, w, tau, predicted) for w in cfg.w_grid}
+    at_w = {w: outcomes(rows, w, scale, predicted) for w in cfg.w_grid}
     grid: dict[str, dict] = {}
     for name in policies:
         grid[name] = {
@@ -93,7 +94,7 @@ def run_ope(cfg: OPEConfig) -> dict:
         }
 
     # at the callers' own preferences: candidate (estimated) vs the logging rule (observed)
-    y, y_hat = outcomes(rows, rows.w_cost, tau, predicted)["reward"]
+    y, y_hat = outcomes(rows, rows.w_cost, scale, predicted)["reward"]
     target = greedy_probs(candidate, emb, rows.w_cost)
     logged = {"reward": float(y.mean()), "score": float(rows.scores.mean()), "cost": float(rows.costs.mean())}
     cand = {e: v.to_dict() for e, v in est(y, y_hat, target).items()}
@@ -112,7 +113,8 @@ def run_ope(cfg: OPEConfig) -> dict:
             )
     results = {
         "config": cfg.model_dump(mode="json"),
-        "tau": tau,
+        "tau": scale.tau,
+        "cost_scale": scale.describe(),
         "rows": len(rows),
         "log_report": rows.report.to_dict(),
         "models": rows.models,
@@ -157,7 +159,7 @@ def markdown(r: dict) -> str:
         "",
         f"candidate `{c['candidate']}` on the decision log `{c['source']['logs']}`: {r['rows']} usable rows "
         f"({r['log_report']['decisions']} logged; dropped {r['log_report']['dropped'] or 'none'}). "
-        f"tau ${r['tau']:.4g}; {c['bootstrap']} bootstrap resamples, {level}% intervals; DR reward model: "
+        f"cost scale {r['cost_scale']}; {c['bootstrap']} bootstrap resamples, {level}% intervals; DR reward model: "
         f"{c['reward_model']}.",
         "",
         "## Against the logging policy, at the callers' own preferences",

@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from barp_ray.objective import CostScale
 from barp_ray.offpolicy.config import OffPolicyTrainConfig, read_source
 from barp_ray.offpolicy.learner import LoggedTensors, OffPolicyLearner, heldout_metrics
 from barp_ray.offpolicy.logged import LoggedBandit
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 SELECT_METRIC = "val_ope_reward"
 
 
-def _shard_to_logged(iterator, models: list[str], tau: float, encoder: str) -> LoggedBandit:
-    return LoggedBandit.from_columns(shard_columns(iterator), models, tau, encoder)
+def _shard_to_logged(iterator, models: list[str], scale: CostScale, encoder: str) -> LoggedBandit:
+    return LoggedBandit.from_columns(shard_columns(iterator), models, scale.tau, encoder, scale.floor)
 
 
 def offpolicy_loop_per_worker(loop_config: dict) -> None:
@@ -37,20 +38,23 @@ def offpolicy_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     cfg = OffPolicyTrainConfig.model_validate(loop_config["train_config"])
-    models, encoder, tau = loop_config["models"], loop_config["encoder"], loop_config["tau"]
+    models, encoder = loop_config["models"], loop_config["encoder"]
+    scale = CostScale(loop_config["tau"], loop_config.get("cost_floor"))  # the reward's cost scale
     rank, world, device = worker_setup(cfg)
 
     train = LoggedTensors.from_logged(
-        _shard_to_logged(ray.train.get_dataset_shard("train"), models, tau, encoder), device
+        _shard_to_logged(ray.train.get_dataset_shard("train"), models, scale, encoder), device
     )
-    val = LoggedTensors.from_logged(_shard_to_logged(ray.train.get_dataset_shard("val"), models, tau, encoder), device)
-    spec = policy_spec(cfg, models, tau, encoder, train.embeddings.shape[1])
+    val = LoggedTensors.from_logged(
+        _shard_to_logged(ray.train.get_dataset_shard("val"), models, scale, encoder), device
+    )
+    spec = policy_spec(cfg, models, scale, encoder, train.embeddings.shape[1])
     policy = BarpPolicy(spec).to(device)
     if cfg.init_policy:
         policy.load_state_dict(load_policy(cfg.init_policy, device=device).state_dict())
     model = ray.train.torch.prepare_model(policy)
     per_worker_batch = max(2, cfg.batch_size // world)
-    learner = OffPolicyLearner(model, cfg, tau, per_worker_batch, seed=cfg.seed + 1000 * rank)
+    learner = OffPolicyLearner(model, cfg, scale, per_worker_batch, seed=cfg.seed + 1000 * rank)
     run_epochs(
         cfg,
         policy,
@@ -58,7 +62,7 @@ def offpolicy_loop_per_worker(loop_config: dict) -> None:
         train,
         rank,
         world * per_worker_batch,
-        lambda: heldout_metrics(policy, val, tau, cfg.val_grid_points),
+        lambda: heldout_metrics(policy, val, scale, cfg.val_grid_points),
         select_metric=SELECT_METRIC,
     )
 
@@ -73,6 +77,8 @@ def load_training_rows(cfg: OffPolicyTrainConfig) -> tuple[LoggedBandit, LoggedB
     tau = cfg.tau or rows.tau
     if tau is None:
         raise ValueError("tau: the log has no policy spec to take the cost scale from; set `tau` (USD)")
+    floor = rows.cost_floor if rows.cost_floor and rows.cost_floor < tau else None
+    scale = CostScale(float(tau), floor)  # the logging policy's scale (its floor kept under a `tau` override)
     if rows.encoder is None:
         raise ValueError("the log names no encoder: set `init_policy` (its spec names one)")
     if cfg.weighting == "dr":
@@ -85,7 +91,8 @@ def load_training_rows(cfg: OffPolicyTrainConfig) -> tuple[LoggedBandit, LoggedB
     context = {
         "models": rows.models,
         "encoder": rows.encoder,
-        "tau": float(tau),
+        "tau": scale.tau,
+        "cost_floor": scale.floor,
         "report": rows.report.to_dict(),
         "train_rows": len(train),
         "val_rows": len(val),
@@ -108,6 +115,7 @@ def build_offpolicy_trainer(cfg: OffPolicyTrainConfig, callbacks: list | None = 
             "models": context["models"],
             "encoder": context["encoder"],
             "tau": context["tau"],
+            "cost_floor": context["cost_floor"],
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=run_config(cfg, callbacks, select_metric=SELECT_METRIC),
@@ -122,5 +130,7 @@ def train_offpolicy(cfg: OffPolicyTrainConfig, export_dir: str | Path | None = N
     start = time.perf_counter()
     trainer, context = build_offpolicy_trainer(cfg)
     log.info("off-policy training on %d logged rows (%d held out)", context["train_rows"], context["val_rows"])
-    outcome = collect_outcome(trainer.fit(), context["tau"], start, export_dir, select_metric=SELECT_METRIC)
+    outcome = collect_outcome(
+        trainer.fit(), CostScale(context["tau"], context["cost_floor"]), start, export_dir, select_metric=SELECT_METRIC
+    )
     return outcome, context

@@ -13,6 +13,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from barp_ray.objective import CostScale
+
 HeadType = Literal["mlp", "linear", "bilinear"]
 
 
@@ -22,7 +24,12 @@ class PolicySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str] = Field(min_length=2, description="candidate model ids, the order of the logits")
-    tau: float = Field(gt=0, description="cost scale in USD: normalised cost = min(cost / tau, 1)")
+    tau: float = Field(gt=0, description="cost scale in USD: c~ = 1 at tau (objective.CostScale)")
+    cost_floor: float | None = Field(
+        default=None,
+        gt=0,
+        description="log cost scale's floor in USD (c~ = 0 there); None: the paper's linear c~ = min(c / tau, 1)",
+    )
     encoder: str = Field(description="sentence encoder that produced h(x) (name or path)")
     embed_dim: int = Field(default=384, gt=0)
     pref_dim: int = Field(default=32, gt=0, description="width of phi(w)")
@@ -33,6 +40,11 @@ class PolicySpec(BaseModel):
     @property
     def num_models(self) -> int:
         return len(self.models)
+
+    @property
+    def cost_scale(self) -> CostScale:
+        """The reward's cost map this policy was trained with."""
+        return CostScale(self.tau, self.cost_floor)
 
 
 class PreferenceEncoder(nn.Module):

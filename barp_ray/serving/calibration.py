@@ -117,7 +117,7 @@ def calibrate(
         scores,
         costs,
         w_grid(grid_points),
-        policy.spec.tau,
+        policy.spec.cost_scale,
         largest_index=list(models).index(largest),
     )
     rows = [

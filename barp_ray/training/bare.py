@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import torch
 
 from barp_ray.data.table import RoutingTable
+from barp_ray.objective import CostScale, as_cost_scale
 from barp_ray.policy.model import BarpPolicy
 from barp_ray.training.config import TrainConfig
 from barp_ray.training.early_stopping import EarlyStopping
 from barp_ray.training.loop import PolicyData, ReinforceLearner, policy_spec, set_deterministic, validation_metrics
-from barp_ray.training.reward import derive_tau
 
 
 @dataclass
@@ -29,9 +29,14 @@ class BareOutcome:
     policy: BarpPolicy
     best: dict
     history: list[dict] = field(default_factory=list)
-    tau: float = 0.0
+    scale: CostScale | None = None
     config: TrainConfig | None = None
     seconds: float = 0.0
+
+    @property
+    def tau(self) -> float:
+        """The cost scale's tau (USD)."""
+        return self.scale.tau if self.scale else 0.0
 
     @property
     def interactions(self) -> int:
@@ -43,25 +48,25 @@ def train_in_process(
     cfg: TrainConfig,
     train: RoutingTable,
     val: RoutingTable,
-    tau: float | None = None,
+    scale: float | CostScale | None = None,
     num_threads: int = 1,
     max_interactions: int | None = None,
 ) -> BareOutcome:
     """Train BaRP on `train` with bandit feedback only, select on `val`; returns the best policy.
 
-    `tau` defaults to the config's tau, else `derive_tau(train.costs, cfg.tau_rule)`. `max_interactions`
+    `scale` (the reward's cost scale; a number is a linear tau) defaults to the config's, derived from
+    `train.costs` where the config leaves it open (`TrainConfig.resolve_cost_scale`). `max_interactions`
     caps the logged interactions used (learning curves); the schedule is still the one `cfg` asks for.
     """
     start = time.perf_counter()
     set_deterministic(num_threads)
-    if tau is None:
-        tau = cfg.tau if cfg.tau is not None else derive_tau(train.costs, cfg.tau_rule)
+    scale = cfg.resolve_cost_scale(train.costs) if scale is None else as_cost_scale(scale)
     cfg = cfg.for_data(len(train))
     train_data, val_data = PolicyData.from_table(train), PolicyData.from_table(val)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        policy = BarpPolicy(policy_spec(cfg, list(train.models), tau, train.encoder or "", train.embeddings.shape[1]))
-    learner = ReinforceLearner(policy, cfg, tau, cfg.batch_size, seed=cfg.seed)
+        policy = BarpPolicy(policy_spec(cfg, list(train.models), scale, train.encoder or "", train.embeddings.shape[1]))
+    learner = ReinforceLearner(policy, cfg, scale, cfg.batch_size, seed=cfg.seed)
     per_step = cfg.interactions_per_step()
     history: list[dict] = []
     best: dict = {}
@@ -91,5 +96,5 @@ def train_in_process(
     policy.load_state_dict(best_state)
     policy.eval()
     return BareOutcome(
-        policy=policy, best=best, history=history, tau=tau, config=cfg, seconds=time.perf_counter() - start
+        policy=policy, best=best, history=history, scale=scale, config=cfg, seconds=time.perf_counter() - start
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from barp_ray.config import JobConfig, Location
-from barp_ray.objective import PreferenceSampling, TauRule
+from barp_ray.objective import CostScale, CostScaleKind, PreferenceSampling, TauRule, build_cost_scale
 from barp_ray.policy.model import HeadType
 
 
@@ -74,6 +75,14 @@ class TrainConfig(JobConfig):
     tau_rule: TauRule = Field(
         default="p99_top_model", description="how tau is derived when not given (barp_ray.objective.derive_tau)"
     )
+    cost_scale: CostScaleKind = Field(
+        default="log",
+        description="map from USD to the reward's cost term: log between a floor and tau (equal cost ratios "
+        "weigh the same) or linear min(c / tau, 1), the paper's (barp_ray.objective.CostScale)",
+    )
+    cost_floor: float | None = Field(
+        default=None, gt=0, description="log scale's floor in USD; None derives it (objective.derive_cost_floor)"
+    )
     beta_start: float = Field(default=0.1, ge=0, description="entropy bonus at step 0")
     beta_end: float = Field(default=0.005, ge=0, description="entropy bonus after the decay")
     beta_decay_fraction: float = Field(default=0.7, gt=0, le=1, description="share of steps to decay over")
@@ -106,6 +115,10 @@ class TrainConfig(JobConfig):
     @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
+
+    def resolve_cost_scale(self, train_costs: np.ndarray | None) -> CostScale:
+        """The run's cost scale: `tau` / `cost_floor` as configured, the rest derived from the training costs."""
+        return build_cost_scale(train_costs, self.cost_scale, self.tau, self.cost_floor, self.tau_rule)
 
     def interactions_per_step(self) -> int:
         """Logged interactions (prompt, sampled model, its score and cost) one learner step consumes."""

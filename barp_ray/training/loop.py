@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from barp_ray.data.table import RoutingTable
+from barp_ray.objective import CostScale, as_cost_scale, reward, sample_preferences, w_grid
 from barp_ray.objective import greedy_curve as objective_greedy_curve
-from barp_ray.objective import reward, sample_preferences, w_grid
 from barp_ray.policy.model import BarpPolicy, PolicySpec, preference_tensor
 from barp_ray.training.config import TrainConfig
 from barp_ray.training.optim import PolicyOptimizer
@@ -68,11 +68,15 @@ def set_deterministic(num_threads: int = 1) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def policy_spec(cfg: TrainConfig, models: list[str], tau: float, encoder: str, embed_dim: int) -> PolicySpec:
-    """The policy architecture a config asks for."""
+def policy_spec(
+    cfg: TrainConfig, models: list[str], scale: float | CostScale, encoder: str, embed_dim: int
+) -> PolicySpec:
+    """The policy architecture a config asks for, with the reward's cost scale it is trained on."""
+    scale = as_cost_scale(scale)
     return PolicySpec(
         models=models,
-        tau=tau,
+        tau=scale.tau,
+        cost_floor=scale.floor,
         encoder=encoder,
         embed_dim=embed_dim,
         pref_dim=cfg.pref_dim,
@@ -125,10 +129,12 @@ class ReinforceLearner:
     model a ~ pi(.|x, w), and reads *only that model's* score and cost from the log.
     """
 
-    def __init__(self, policy: nn.Module, cfg: TrainConfig, tau: float, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, policy: nn.Module, cfg: TrainConfig, scale: float | CostScale, batch_size: int, seed: int
+    ) -> None:
         self.policy = policy
         self.cfg = cfg
-        self.tau = tau
+        self.scale = as_cost_scale(scale)
         self.batch_size = batch_size
         # optimiser, lr / entropy schedules, RNG and step count: shared with the off-policy learner
         self.optim = PolicyOptimizer(policy, cfg, seed)
@@ -164,7 +170,7 @@ class ReinforceLearner:
         actions = torch.multinomial(probs.detach(), m, replacement=True, generator=self.generator)  # (n, m)
         q = q_all.gather(1, actions)  # bandit feedback: only the chosen model's outcome
         c = c_all.gather(1, actions)
-        r = reward(q, c, w_cost.unsqueeze(1), self.tau)
+        r = reward(q, c, w_cost.unsqueeze(1), self.scale)
         advantage = advantages(r, w_cost, cfg.baseline_bins, cfg.normalize_advantage)
         chosen_log_prob = log_probs.gather(1, actions)
         entropy = -(probs * log_probs).sum(dim=-1).mean()
@@ -185,7 +191,7 @@ class ReinforceLearner:
         a2 = actions.repeat(extra, 1)
         lp = log_probs.gather(1, a2)
         ratio = torch.exp(lp.detach() - behaviour_log_prob.repeat(extra, 1)).clamp(max=cfg.ratio_clip)
-        r2 = reward(q.repeat(extra, 1), c.repeat(extra, 1), w2.unsqueeze(1), self.tau)
+        r2 = reward(q.repeat(extra, 1), c.repeat(extra, 1), w2.unsqueeze(1), self.scale)
         adv = advantages(r2, w2, cfg.baseline_bins, cfg.normalize_advantage)
         return -(ratio * adv.detach() * lp).mean() * extra
 
@@ -202,7 +208,7 @@ class ReinforceLearner:
 
 def greedy_curve(policy: BarpPolicy, data: PolicyData, grid: np.ndarray) -> dict[str, np.ndarray]:
     """Mean score, cost and reward of argmax routing at each w_c of the grid (`barp_ray.objective`)."""
-    curve = objective_greedy_curve(policy, data.embeddings, data.scores, data.costs, grid, policy.spec.tau)
+    curve = objective_greedy_curve(policy, data.embeddings, data.scores, data.costs, grid, policy.spec.cost_scale)
     return {"w_cost": curve.w_cost, "score": curve.score, "cost": curve.cost, "reward": curve.reward}
 
 

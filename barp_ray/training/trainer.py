@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from barp_ray.data.shards import iter_shard_columns, read_manifest, read_shards_ray
-from barp_ray.objective import derive_tau
+from barp_ray.objective import CostScale
 from barp_ray.policy.checkpoint import load_policy
 from barp_ray.training.config import TrainConfig
 from barp_ray.training.ingest import TRAIN_COLUMNS, choose_mode
@@ -55,8 +55,12 @@ class TrainOutcome:
     best_metrics: dict
     latest_metrics: dict  # the last epoch's report
     history: list[dict]  # metrics of the kept checkpoints, by epoch
-    tau: float
+    scale: CostScale  # the reward's cost scale the policy was trained with
     seconds: float
+
+    @property
+    def tau(self) -> float:
+        return self.scale.tau
 
 
 def _read_split(cfg: TrainConfig, split: str, columns: list[str] | None = None):
@@ -79,11 +83,11 @@ def training_costs(cfg: TrainConfig) -> np.ndarray:
     return np.concatenate(parts).reshape(-1, k) if parts else np.zeros((0, k))
 
 
-def resolve_tau(cfg: TrainConfig, train_costs: np.ndarray | None = None) -> float:
-    """tau from the config, else derived from the training split's costs (see `derive_tau`)."""
-    if cfg.tau is not None:
-        return cfg.tau
-    return derive_tau(training_costs(cfg) if train_costs is None else train_costs, cfg.tau_rule)
+def resolve_cost_scale(cfg: TrainConfig, train_costs: np.ndarray | None = None) -> CostScale:
+    """The run's cost scale: as configured, the rest derived from the training split's costs."""
+    if cfg.tau is not None and (cfg.cost_scale == "linear" or cfg.cost_floor is not None):
+        return cfg.resolve_cost_scale(None)
+    return cfg.resolve_cost_scale(training_costs(cfg) if train_costs is None else train_costs)
 
 
 def check_resume(cfg: TrainConfig) -> None:
@@ -123,7 +127,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     costs = training_costs(cfg)
     cfg = cfg.for_data(len(costs))  # the pass-based schedule, fixed in the driver for every worker
     check_resume(cfg)
-    tau = resolve_tau(cfg, costs)
+    scale = resolve_cost_scale(cfg, costs)
     ingest = choose_mode(
         cfg.ingest, {**manifest, "per_split": {"train": len(costs)}}, cfg.num_workers, cfg.worker_memory_budget_mb
     )
@@ -136,7 +140,8 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
             "train_config": cfg.model_dump(),
             "models": manifest["models"],
             "encoder": manifest["encoder"],
-            "tau": tau,
+            "tau": scale.tau,
+            "cost_floor": scale.floor,
             "ingest": ingest,
             "embedding_dim": manifest["embedding_dim"],
             "started_at": time.time(),
@@ -148,7 +153,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
             "val": _read_split(cfg, "val"),
         },
         dataset_config=DataConfig(datasets_to_split=["train"]),
-    ), tau
+    ), scale
 
 
 def run_config(cfg: TrainConfig, callbacks: list | None = None, select_metric: str | None = None):
@@ -173,8 +178,8 @@ def run_config(cfg: TrainConfig, callbacks: list | None = None, select_metric: s
 def train_policy(cfg: TrainConfig, export_dir: str | Path | None = None) -> TrainOutcome:
     """Run training on the connected (or a new local) Ray cluster; export the best policy."""
     start = time.perf_counter()
-    trainer, tau = build_trainer(cfg)
-    return collect_outcome(trainer.fit(), tau, start, export_dir, select_metric=cfg.select_metric)
+    trainer, scale = build_trainer(cfg)
+    return collect_outcome(trainer.fit(), scale, start, export_dir, select_metric=cfg.select_metric)
 
 
 def export_policy(checkpoint_dir: str | Path, target: str | Path) -> str | Path:
@@ -229,7 +234,7 @@ def checkpoint_uri(checkpoint) -> str:
 
 
 def collect_outcome(
-    result, tau: float, start: float, export_dir: str | Path | None = None, select_metric: str = "val_reward"
+    result, scale: CostScale, start: float, export_dir: str | Path | None = None, select_metric: str = "val_reward"
 ) -> TrainOutcome:
     """The best kept checkpoint (by `select_metric`) of a finished Ray Train run, exported as a policy.
 
@@ -254,6 +259,6 @@ def collect_outcome(
         best_metrics=dict(best_metrics),
         latest_metrics=dict(result.metrics or {}),
         history=history,
-        tau=tau,
+        scale=scale,
         seconds=time.perf_counter() - start,
     )

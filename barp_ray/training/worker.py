@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from barp_ray.data.table import RoutingTable
+from barp_ray.objective import CostScale
 from barp_ray.policy.checkpoint import save_policy
 from barp_ray.policy.model import BarpPolicy
 from barp_ray.training.config import TrainConfig
@@ -64,7 +65,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     cfg = TrainConfig.model_validate(loop_config["train_config"])
-    models, encoder, tau = loop_config["models"], loop_config["encoder"], loop_config["tau"]
+    models, encoder = loop_config["models"], loop_config["encoder"]
+    scale = CostScale(loop_config["tau"], loop_config.get("cost_floor"))
     rank, world, device = worker_setup(cfg)
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -74,10 +76,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         train_data = PolicyData.from_table(_iterator_to_table(train_shard, models, encoder), device)
     val_data = PolicyData.from_table(_iterator_to_table(ray.train.get_dataset_shard("val"), models, encoder), device)
 
-    policy = BarpPolicy(policy_spec(cfg, models, tau, encoder, loop_config["embedding_dim"])).to(device)
+    policy = BarpPolicy(policy_spec(cfg, models, scale, encoder, loop_config["embedding_dim"])).to(device)
     model = ray.train.torch.prepare_model(policy)  # DDP when world > 1
     per_worker_batch = max(2, cfg.batch_size // world)
-    learner = ReinforceLearner(model, cfg, tau, per_worker_batch, seed=cfg.seed + 1000 * rank)
+    learner = ReinforceLearner(model, cfg, scale, per_worker_batch, seed=cfg.seed + 1000 * rank)
 
     run_epochs(
         cfg,

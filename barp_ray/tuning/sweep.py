@@ -27,7 +27,7 @@ import pandas as pd
 
 from barp_ray.policy.checkpoint import load_policy
 from barp_ray.training.config import TrainConfig
-from barp_ray.training.trainer import TRAIN_STATE_FILE, build_trainer, resolve_tau
+from barp_ray.training.trainer import TRAIN_STATE_FILE, build_trainer, resolve_cost_scale
 from barp_ray.tuning.config import TAU_SCALE, SweepConfig
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def trial_train_config(base: dict[str, Any], params: dict[str, Any], storage: st
     scale = params.pop(TAU_SCALE, None)
     cfg = TrainConfig.model_validate({**base, **params, "storage_path": storage, "name": name})
     if scale is not None:
-        cfg = cfg.model_copy(update={"tau": resolve_tau(cfg) * float(scale)})
+        cfg = cfg.model_copy(update={"tau": resolve_cost_scale(cfg).tau * float(scale)})
         cfg = TrainConfig.model_validate(cfg.model_dump())  # re-validate (tau > 0)
     return cfg
 
