@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import serve_common as sc
 
+from barp_ray.objective import CostScale
+
 TARGET_AIQ_FRACTION = 0.9
 KEY_WS = (0.0, 0.5, 1.0)
 
@@ -121,7 +123,7 @@ def log_stats(log_dir: Path, table, split: str) -> dict:
     }
 
 
-def truth(policy_dir: str, test, tau: float, c_range: tuple[float, float]) -> dict:
+def truth(policy_dir: str, test, tau: CostScale, c_range: tuple[float, float]) -> dict:
     """Full-information ground truth of greedy routing on the test split."""
     from barp_ray.evaluation.barp_router import BarpRouter
     from barp_ray.evaluation.metrics import DEFAULT_W_GRID, aiq, curve_point
@@ -204,13 +206,19 @@ def main() -> int:
     if not Path(reference, "policy.json").exists():
         raise SystemExit(f"no reference policy at {reference}: run `barp demo` first (it writes runs/demo/*)")
     table = read_shards(data)
-    tau = load_policy(reference).spec.tau
+    tau = load_policy(reference).spec.cost_scale  # the reference's reward scale: every policy is scored on it
     test = table.where_split("test")
     c_range = cost_range(test)
     tasks = sorted(set(table.tasks.tolist()))
     if args.v0_task not in tasks:
         raise SystemExit(f"--v0-task {args.v0_task!r} is not a task of {data}: {tasks}")
-    results: dict = {"args": vars(args), "machine_start": sc.machine(), "tau": tau, "timings_s": {}}
+    results: dict = {
+        "args": vars(args),
+        "machine_start": sc.machine(),
+        "tau": tau.tau,
+        "cost_scale": tau.describe(),
+        "timings_s": {},
+    }
 
     def lap(name: str, since: float) -> None:
         results["timings_s"][name] = round(time.perf_counter() - since, 1)
@@ -227,7 +235,9 @@ def main() -> int:
             exclude_tasks=[x for x in tasks if x != args.v0_task],
             epochs=args.v0_epochs,
             steps_per_epoch=100,
-            tau=tau,
+            tau=tau.tau,
+            cost_scale=tau.kind,
+            cost_floor=tau.floor,
             storage_path=str(out / "ray_results"),
             name="loop-v0",
             seed=args.seed,
@@ -399,7 +409,7 @@ def markdown(r: dict, log) -> str:
         f"prompts {a['test_passes']}x, w_c ~ U(0,1) per request, feedback = the recorded 0/1 score of the "
         f"model that answered. v1: SNIPS-weighted REINFORCE on Ray Train from the train-prompt logs only "
         f"({a['weighting']}, {a['v1_epochs']} epochs). Reference: on-policy BaRP with simulated bandit feedback "
-        f"on the same train prompts (`{a['reference']}`). tau ${r['tau']:.4g}. Machine: "
+        f"on the same train prompts (`{a['reference']}`). cost scale {r.get('cost_scale', r['tau'])}. Machine: "
         f"{r['machine_start']['cpus']} CPUs, load {r['machine_start']['loadavg_1_5_15']} at start.",
         "",
         "## Traffic and logs",

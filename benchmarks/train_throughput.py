@@ -24,7 +24,7 @@ from barp_ray.data.shards import read_manifest, read_shards
 from barp_ray.policy.model import BarpPolicy
 from barp_ray.training.config import TrainConfig
 from barp_ray.training.loop import PolicyData, ReinforceLearner, policy_spec
-from barp_ray.training.trainer import resolve_tau, train_policy
+from barp_ray.training.trainer import resolve_cost_scale, train_policy
 
 
 def bare_loop(cfg: TrainConfig, threads: int) -> dict:
@@ -32,7 +32,7 @@ def bare_loop(cfg: TrainConfig, threads: int) -> dict:
     torch.manual_seed(cfg.seed)
     manifest = read_manifest(cfg.data)
     train = read_shards(cfg.data).where_split("train")
-    tau = resolve_tau(cfg)
+    tau = resolve_cost_scale(cfg)
     policy = BarpPolicy(policy_spec(cfg, manifest["models"], tau, manifest["encoder"], train.embeddings.shape[1]))
     learner = ReinforceLearner(policy, cfg, tau, cfg.batch_size, cfg.seed)
     data = PolicyData.from_table(train)

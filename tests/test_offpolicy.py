@@ -108,7 +108,8 @@ def _write_log(root, rows: list[dict], scores: dict[str, float]) -> None:
     log = DecisionLog(str(root), writer="test")
     from barp_ray.embeddings.encoder import DEFAULT_ENCODER
 
-    log.write_policy("v-test", {"models": MODELS, "tau": TAU, "encoder": DEFAULT_ENCODER})
+    # the logging policy's spec, with a log cost scale (floor): off-policy learning continues on its reward
+    log.write_policy("v-test", {"models": MODELS, "tau": TAU, "cost_floor": TAU / 100, "encoder": DEFAULT_ENCODER})
     for row in rows:
         log.append(row)
     log.flush()
@@ -171,7 +172,7 @@ def test_unusable_rows_are_counted_not_lost(tmp_path):
         "route_only (no answer served)": 1,
         "answered by a fallback model (its propensity is not logged)": 1,
     }
-    assert skipped.models == MODELS and skipped.tau == TAU
+    assert skipped.models == MODELS and skipped.tau == TAU and skipped.cost_floor == pytest.approx(TAU / 100)
     assert skipped.embeddings.shape == (1, 384)  # real MiniLM on the logged prompt text
 
     defaulted = read_logged_bandit(tmp_path / "log", missing_feedback="default", default_score=0.0)
@@ -252,6 +253,11 @@ def test_train_offpolicy_on_ray_train_and_ope(ray_cluster, tmp_path):
     assert context["report"]["dropped"] == {}
     assert {"val_ope_reward", "weight_mean", "epoch"} <= set(outcome.best_metrics)
     assert len(outcome.history) == 3 and outcome.policy_dir.exists()
+    # the new policy is trained on, and records, the logging policy's reward (its log cost scale)
+    from barp_ray.objective import CostScale
+    from barp_ray.policy import load_policy
+
+    assert load_policy(outcome.policy_dir).spec.cost_scale == outcome.scale == CostScale(TAU, TAU / 100)
 
     ope_cfg = OPEConfig(
         source=LogSource(logs=str(tmp_path / "log")),
@@ -261,6 +267,7 @@ def test_train_offpolicy_on_ray_train_and_ope(ray_cluster, tmp_path):
         out_dir=str(tmp_path / "ope"),
     )
     result = run_ope(ope_cfg)
+    assert result["cost_scale"] == CostScale(TAU, TAU / 100).describe()
     at0, at1 = result["grid"]["candidate"]["0"], result["grid"]["candidate"]["1"]
     # quality-first routing picks `good` (true mean score 0.9); cost-first picks `cheap` (cost $0.0001)
     assert at0["score"]["snips"]["value"] > 0.75 and at1["cost"]["snips"]["value"] < 0.001
