@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from barp_ray.data.shards import read_shards, write_shards
 from barp_ray.data.table import RoutingTable
-from barp_ray.objective import derive_tau
+from barp_ray.objective import CostScale
 from barp_ray.policy.model import BarpPolicy
 from barp_ray.training.config import TrainConfig
 from barp_ray.training.loop import PolicyData, ReinforceLearner, policy_spec, validation_metrics
@@ -70,7 +70,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bare_loop(
-    train: RoutingTable, val: RoutingTable, cfg: TrainConfig, tau: float, device: str, steps: int, threads: int
+    train: RoutingTable, val: RoutingTable, cfg: TrainConfig, tau: CostScale, device: str, steps: int, threads: int
 ) -> dict:
     """The learner step without Ray (same code the Train workers run): samples/s after a warm-up."""
     dev = torch.device(device)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus_per_worker=args.cpus_per_worker,
         max_failures=0,
     )
-    tau = derive_tau(train.costs, cfg.tau_rule)
+    tau = cfg.resolve_cost_scale(train.costs)  # the default reward cost scale
     dims = f"K={table.num_models}, D={table.embeddings.shape[1]}"
     print(f"data: {len(train)} train / {len(val)} val rows, {dims}", flush=True)
     results: dict = {"env": env, "rows": {"train": len(train), "val": len(val)}, "bare": [], "ray_train": []}
