@@ -153,6 +153,17 @@ def iter_shard_columns(
         yield _read_file(location, columns=columns, filters=filters or None)
 
 
+def read_split_columns(
+    shard_dir: str | os.PathLike, columns: list[str], split: str | None = None, exclude_tasks: Sequence[str] = ()
+) -> dict[str, Any]:
+    """`columns` of one split's rows (minus `exclude_tasks`) as numpy columns (2-D for list columns), read with
+    pyarrow one shard file at a time: a small split a process needs whole (a training worker's validation
+    rows) without starting a Ray Data pipeline for it. Rows keep the shard order."""
+    tables = list(iter_shard_columns(shard_dir, columns, split=split, exclude_tasks=exclude_tasks))
+    arrow = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    return _numpy_columns(arrow)
+
+
 def read_shards_ray(
     shard_dir: str | os.PathLike, split: str | None = None, columns: list[str] | None = None
 ) -> ray.data.Dataset:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from barp_ray.data.shards import read_split_columns
 from barp_ray.data.table import RoutingTable
 from barp_ray.objective import CostScale
 from barp_ray.policy.checkpoint import save_policy
@@ -41,6 +42,20 @@ def shard_columns(iterator) -> dict[str, np.ndarray]:
 
 def _iterator_to_table(iterator, models: list[str], encoder: str | None) -> RoutingTable:
     return RoutingTable.from_columns(shard_columns(iterator), models, encoder)
+
+
+#: The columns a validation pass needs (`RoutingTable.from_columns`, the canonical row order, the metrics).
+VAL_COLUMNS = ["prompt_id", "prompt", "task", "scores", "costs", "embedding"]
+
+
+def read_val_table(cfg: TrainConfig, models: list[str], encoder: str | None) -> RoutingTable:
+    """The whole validation split (minus `exclude_tasks`), which every worker holds: read straight from the
+    shard files with pyarrow (local or a URI), since a Ray Data pipeline for a few thousand rows costs seconds
+    of start-up per worker and run. The row order does not matter: `PolicyData` sorts it canonically."""
+    columns = read_split_columns(cfg.data, VAL_COLUMNS, split="val", exclude_tasks=cfg.exclude_tasks)
+    if not len(columns["prompt_id"]):
+        raise ValueError(f"{cfg.data}: the val split has no rows (after exclude_tasks): nothing to validate on")
+    return RoutingTable.from_columns(columns, models, encoder)
 
 
 def worker_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -74,7 +89,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         train_data = StreamingPolicyData(train_shard, cfg.shuffle_buffer_rows, device, seed=cfg.seed + 1000 * rank)
     else:
         train_data = PolicyData.from_table(_iterator_to_table(train_shard, models, encoder), device)
-    val_data = PolicyData.from_table(_iterator_to_table(ray.train.get_dataset_shard("val"), models, encoder), device)
+    val_data = PolicyData.from_table(read_val_table(cfg, models, encoder), device)
 
     policy = BarpPolicy(policy_spec(cfg, models, scale, encoder, loop_config["embedding_dim"])).to(device)
     model = ray.train.torch.prepare_model(policy)  # DDP when world > 1
