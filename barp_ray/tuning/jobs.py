@@ -190,8 +190,14 @@ class LocalHead:
         return env
 
     # ---- lifecycle --------------------------------------------------------------------------------
+    @property
+    def agent_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['--dashboard-agent-listen-port']}"
+
     def start(self) -> LocalHead:
-        """Start the head and wait until the dashboard answers an authenticated request."""
+        """Start the head and wait until it takes jobs: the dashboard answers an authenticated request and the
+        head's dashboard agent (which runs submitted jobs) answers its health check. The agent registers a
+        little after the dashboard is up; a job submitted before that fails with 'No available agent'."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         if self.auth == "token":
             # 256 random bits, hex: the format of `ray get-auth-token --generate`
@@ -242,16 +248,26 @@ class LocalHead:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"`ray start` exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.request("/api/version", timeout=2.0)[0] == 200:
+            if self.ready():
                 self._remember_pids()
                 return self
-            time.sleep(1.0)
+            time.sleep(0.2)  # poll interval
         self.stop()
         raise TimeoutError(f"Ray head not up after {self.start_timeout_s:.0f}s:\n{self.log_tail()}")
 
-    def request(self, path: str, token: str | bool | None = True, timeout: float = 10.0) -> tuple[int, str]:
-        """GET a dashboard path; token=True sends this head's token, a string sends that one, None none."""
-        req = urllib.request.Request(self.dashboard_url + path)
+    def ready(self) -> bool:
+        """Whether the dashboard (Jobs API) and the head's job agent both answer."""
+        return (
+            self.request("/api/version", timeout=2.0)[0] == 200
+            and self.request("/api/healthz", timeout=2.0, base=self.agent_url)[0] == 200
+        )
+
+    def request(
+        self, path: str, token: str | bool | None = True, timeout: float = 10.0, base: str | None = None
+    ) -> tuple[int, str]:
+        """GET a dashboard path (or one under `base`); token=True sends this head's token, a string sends that
+        one, None none."""
+        req = urllib.request.Request((base or self.dashboard_url) + path)
         send = self.token if token is True else (token or None)
         if send:
             req.add_header("Authorization", f"Bearer {send}")

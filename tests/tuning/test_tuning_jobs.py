@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -64,30 +63,26 @@ def test_ray_job_trains_s3_logs_to_an_s3_policy_on_a_token_authenticated_head(tm
 
             client_env = head.client_env()
             client_env["SUBMISSION_ID"] = f"barp-s3-{uuid.uuid4().hex[:8]}"
-            for attempt in range(4):  # the head's job agent registers a little after the dashboard answers
-                proc = subprocess.run(
-                    [
-                        "bash",
-                        str(REPO / "scripts" / "submit_train.sh"),
-                        "--config",
-                        str(cfg_path),
-                        "--storage-path",
-                        f"{bucket}/ray",
-                        "--name",
-                        "s3-run",
-                        "--export",
-                        f"{bucket}/policy",
-                    ],
-                    cwd=tmp_path,
-                    env=client_env,
-                    capture_output=True,
-                    text=True,
-                    timeout=400,
-                )
-                no_agent = "No available agent to submit job" in proc.stdout + proc.stderr
-                if proc.returncode == 0 or not no_agent or attempt == 3:
-                    break
-                time.sleep(5)  # nothing was submitted (HTTP 500 before the job existed): submit again
+            # start() returned once the head's job agent answered: the first submission is accepted
+            proc = subprocess.run(
+                [
+                    "bash",
+                    str(REPO / "scripts" / "submit_train.sh"),
+                    "--config",
+                    str(cfg_path),
+                    "--storage-path",
+                    f"{bucket}/ray",
+                    "--name",
+                    "s3-run",
+                    "--export",
+                    f"{bucket}/policy",
+                ],
+                cwd=tmp_path,
+                env=client_env,
+                capture_output=True,
+                text=True,
+                timeout=400,
+            )
             logs = proc.stdout[-4000:] + proc.stderr[-3000:]
             assert proc.returncode == 0, logs + "\n--- head ---\n" + head.log_tail()
             assert head.job_status(client_env["SUBMISSION_ID"]) == "SUCCEEDED"
