@@ -99,7 +99,8 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     best = outcome.best_metrics
     print(
         f"best epoch {best.get('epoch')}: val_aiq={best.get('val_aiq', float('nan')):.4f} "
-        f"val_reward={best.get('val_reward', float('nan')):.4f} tau={outcome.tau:.6f} ({outcome.seconds:.1f}s)"
+        f"val_reward={best.get('val_reward', float('nan')):.4f} cost scale: {outcome.scale.describe()} "
+        f"({outcome.seconds:.1f}s)"
     )
     print_outputs({"policy": outcome.policy_dir or outcome.best_checkpoint, "checkpoint": outcome.best_checkpoint})
     return 0
