@@ -67,6 +67,9 @@ def test_both_ingest_modes_learn_the_synthetic_optimum(ray_cluster, synth_dir, t
         worker_memory_budget_mb=budget_mb,
         shuffle_buffer_rows=1024,
         seed=0,
+        # the paper's linear reward, which the bound below was calibrated on: this test is about the two
+        # ingestion paths recovering a known optimum in 80 steps, not about the cost scale (tests/test_objective.py)
+        cost_scale="linear",
     )
     outcome = train_policy(cfg)
     assert outcome.latest_metrics["ingest"] == mode
