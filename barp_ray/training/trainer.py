@@ -148,10 +148,8 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=run_config(cfg, callbacks),
-        datasets={
-            "train": _read_split(cfg, "train", TRAIN_COLUMNS if ingest == "stream" else None),
-            "val": _read_split(cfg, "val"),
-        },
+        # the train split only: every worker reads the (small) val split itself (`worker.read_val_table`)
+        datasets={"train": _read_split(cfg, "train", TRAIN_COLUMNS if ingest == "stream" else None)},
         dataset_config=DataConfig(datasets_to_split=["train"]),
     ), scale
 
