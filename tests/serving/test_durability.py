@@ -135,10 +135,13 @@ def test_scale_down_with_requests_in_flight_loses_no_row(durable_app):
         wait_until(lambda: len(app.replicas()) == 1, 120, interval=0.5, what="the scale-down to 1 replica")
 
     traffic = _run_with_traffic(app, scale_down)
-    gone = before - set(app.replicas())
-    # at least one replica stopped and one serves; under heavy load Serve may also replace the other one
-    # (a failed health check), which only adds a second stopped replica whose rows must be kept as well
-    assert gone and len(app.replicas()) == 1, (before, app.replicas())
+    # under heavy load Serve may also replace the surviving replica (a failed health check): for a moment no
+    # replica is RUNNING, then its replacement is. That only adds a second stopped replica whose rows must be
+    # kept as well, so wait for the one replica the config asks for before comparing.
+    wait_until(lambda: len(app.replicas()) == 1, 120, interval=0.5, what="one running replica after the scale-down")
+    after = set(app.replicas())
+    gone = before - after
+    assert gone and len(after) == 1, (before, after)
     lost = _all_logged(app, traffic)
     assert not traffic.failed, traffic.failed[:5]
     assert not lost, f"{len(lost)} of {len(traffic.answered)} answered requests have no log row"
