@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from barp_ray.config import default_data_dir
-from barp_ray.data.readers import RawLoad, load_prices, load_raw, read_file
+from barp_ray.data.raw_formats import load_prices
+from barp_ray.data.readers import RawLoad, load_raw, read_file
 from barp_ray.data.table import prompt_hash
 
 MODELS = ["model-b", "org/model-a", "model-c"]  # score-column order (not sorted on purpose)

@@ -1,7 +1,8 @@
 """Routing data: raw readers, validation, splits, parquet shards (see docs/ARCHITECTURE.md)."""
 
 from barp_ray.data.prepare import PrepareConfig, PrepareResult, prepare, prepare_from_config
-from barp_ray.data.readers import RawLoad, load_prices, load_raw, read_file
+from barp_ray.data.raw_formats import load_prices
+from barp_ray.data.readers import RawLoad, load_raw, read_file
 from barp_ray.data.shards import (
     dataset_to_table,
     read_manifest,

@@ -12,7 +12,8 @@ from pathlib import Path
 from pydantic import Field
 
 from barp_ray.config import JobConfig, LocalPath, default_data_dir
-from barp_ray.data.readers import Prices, load_prices, load_raw
+from barp_ray.data.raw_formats import Prices, load_prices
+from barp_ray.data.readers import load_raw
 from barp_ray.data.shards import write_shards
 from barp_ray.data.splits import assign_validation_split
 from barp_ray.data.table import RoutingTable

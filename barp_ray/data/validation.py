@@ -185,7 +185,7 @@ def validate(
         raise ValueError(
             f"no rows survive validation of {len(raw)} rows from {raw.files}: "
             + ", ".join(f"{r}={c}" for r, c in report.dropped.items() if c)
-            + ". Fix the data (see the reasons above and barp_ray/data/readers.py for the format)"
+            + ". Fix the data (see the reasons above and barp_ray/data/raw_formats.py for the format)"
         )
     index = np.flatnonzero(kept)
     table = RoutingTable(
