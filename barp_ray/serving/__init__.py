@@ -4,7 +4,8 @@
 decision log back, joined with feedback, for off-policy training.
 """
 
-from barp_ray.serving.config import Budget, Preference, ServeAppConfig
+from barp_ray.serving.config import ServeAppConfig
+from barp_ray.serving.config_sections import Budget, Preference
 from barp_ray.serving.decision_log import read_decision_log, read_decisions, read_feedback, read_policies
 
 

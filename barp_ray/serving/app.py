@@ -15,7 +15,8 @@ import os
 
 from ray.serve import Application
 
-from barp_ray.serving.config import ServeAppConfig, UpstreamConfig, config_from_args, deployment_name
+from barp_ray.serving.config import ServeAppConfig, config_from_args, deployment_name
+from barp_ray.serving.config_sections import UpstreamConfig
 from barp_ray.serving.engine import read_policy_spec
 
 ROUTER_DEPLOYMENT = "BarpRouter"

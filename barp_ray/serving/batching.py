@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from barp_ray.serving.config import BatchingConfig
+from barp_ray.serving.config_sections import BatchingConfig
 
 # @serve.batch batches that may be in flight at once: they queue in the ForwardCoalescer and share a forward
 MAX_CONCURRENT_BATCHES = 8

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from barp_ray.serving.config import Budget
+from barp_ray.serving.config_sections import Budget
 
 
 @dataclass

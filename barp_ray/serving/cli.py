@@ -37,7 +37,7 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
 )
 def _calibrate(args: argparse.Namespace) -> int:
     from barp_ray.serving.calibration import calibrate_from_shards
-    from barp_ray.serving.config import Budget
+    from barp_ray.serving.config_sections import Budget
 
     if args.grid_points < 2:
         raise ValueError("--grid-points must be >= 2")

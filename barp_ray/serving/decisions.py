@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from barp_ray.data.table import prompt_hash
-from barp_ray.serving.config import DecisionLogConfig, ExplorationConfig, UpstreamConfig
+from barp_ray.serving.config_sections import DecisionLogConfig, ExplorationConfig, UpstreamConfig
 from barp_ray.serving.decision_log import DecisionLog, decision_ms, new_decision_id, utcnow
 from barp_ray.serving.engine import Choice, choose
 from barp_ray.serving.policy_slot import ActivePolicy

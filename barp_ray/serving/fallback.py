@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from barp_ray.serving.config import FallbackConfig, UpstreamConfig
+from barp_ray.serving.config_sections import FallbackConfig, UpstreamConfig
 from barp_ray.serving.decisions import Decision
 from barp_ray.serving.schemas import ApiError
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from barp_ray.serving.config import AuthConfig, LimitsConfig
+from barp_ray.serving.config_sections import AuthConfig, LimitsConfig
 from barp_ray.serving.guards import check_params, parse_json, read_body
 from barp_ray.serving.schemas import ApiError, prompt_text, validation_error
 

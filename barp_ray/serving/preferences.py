@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from barp_ray.serving.config import Budget, Preference
+from barp_ray.serving.config_sections import Budget, Preference
 from barp_ray.serving.schemas import ApiError, validation_error
 
 PREFERENCE_HEADER = "x-barp-preference"

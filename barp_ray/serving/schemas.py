@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from barp_ray.serving.config import Budget, Preference
+from barp_ray.serving.config_sections import Budget, Preference
 
 # request fields the router consumes; every other field of a chat request is forwarded to the upstream
 # (known OpenAI ones and provider-specific ones alike; an upstream's `openai.deny_params` drops some)

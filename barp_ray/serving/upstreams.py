@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from barp_ray.serving.config import OpenAISettings, ReplaySettings
+from barp_ray.serving.config_sections import OpenAISettings, ReplaySettings
 
 logger = logging.getLogger(__name__)
 

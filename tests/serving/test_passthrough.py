@@ -286,7 +286,7 @@ def test_a_dead_upstream_is_skipped_once_its_breaker_opens(oai, upstream, pt_app
 def test_router_timeout_shorter_than_the_backend_is_refused():
     from pydantic import ValidationError
 
-    from barp_ray.serving.config import UpstreamConfig
+    from barp_ray.serving.config_sections import UpstreamConfig
 
     openai = {"base_url": "http://127.0.0.1:9/v1", "timeout_s": 60, "max_retries": 2}
     with pytest.raises(ValidationError, match="timeout_s"):

@@ -13,7 +13,8 @@ import yaml
 from pydantic import ValidationError
 
 from barp_ray.serving.calibration import Calibration, CalibrationRow, calibrate_from_shards
-from barp_ray.serving.config import Budget, Preference, ServeAppConfig, config_from_args, deployment_name
+from barp_ray.serving.config import ServeAppConfig, config_from_args, deployment_name
+from barp_ray.serving.config_sections import Budget, Preference
 from barp_ray.serving.decision_log import (
     DecisionLog,
     read_decision_log,
@@ -301,7 +302,7 @@ def test_header_parsing_and_error_params():
 def test_api_keys_from_env_and_file(tmp_path):
     import hashlib
 
-    from barp_ray.serving.config import AuthConfig
+    from barp_ray.serving.config_sections import AuthConfig
     from barp_ray.serving.router import api_key_hashes
 
     keys = tmp_path / "keys"
