@@ -12,6 +12,7 @@ from barp_ray.evaluation.evaluate import (
     largest_model,
     single_model_points,
 )
+from barp_ray.evaluation.full_info_routers import KNNRouter, OfflineMLPRouter
 from barp_ray.evaluation.metrics import (
     DEFAULT_W_GRID,
     CurvePoint,
@@ -32,8 +33,6 @@ from barp_ray.evaluation.report import (
 )
 from barp_ray.evaluation.routers import (
     ROUTERS,
-    KNNRouter,
-    OfflineMLPRouter,
     OracleRouter,
     RandomRouter,
     Router,

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from barp_ray.data.table import RoutingTable
-from barp_ray.evaluation import bandits  # noqa: F401 (registers linucb, lin_ts, eps_greedy)
+from barp_ray.evaluation import (
+    bandits,  # noqa: F401 (registers linucb, lin_ts, eps_greedy)
+    full_info_routers,  # noqa: F401 (registers offline_mlp, knn)
+)
 from barp_ray.evaluation.metrics import (
     DEFAULT_W_GRID,
     CurvePoint,

@@ -85,7 +85,7 @@ class FullInformationRewardModel:
 
     def __init__(self, data: str, models: list[str], seed: int = 0) -> None:
         from barp_ray.data.shards import read_shards
-        from barp_ray.evaluation.routers import OfflineMLPRouter
+        from barp_ray.evaluation.full_info_routers import OfflineMLPRouter
         from barp_ray.objective import derive_tau
 
         table = read_shards(data).where_split("train")
