@@ -13,7 +13,7 @@ _EXPORTS = {
     "SweepConfig": "barp_ray.tuning.config",
     "default_space": "barp_ray.tuning.config",
     "SweepOutcome": "barp_ray.tuning.sweep",
-    "build_tuner": "barp_ray.tuning.sweep",
+    "build_tuner": "barp_ray.tuning.tuner",
     "run_sweep": "barp_ray.tuning.sweep",
     "LocalHead": "barp_ray.tuning.jobs",
     "job_runtime_env": "barp_ray.tuning.jobs",

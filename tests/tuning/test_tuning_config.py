@@ -85,7 +85,7 @@ def test_trial_config_turns_tau_scale_into_a_concrete_tau(tmp_path):
 
     from barp_ray.data.shards import write_shards
     from barp_ray.data.table import RoutingTable
-    from barp_ray.tuning.sweep import join_storage, trial_train_config
+    from barp_ray.tuning.tuner import join_storage, trial_train_config
 
     n = 12
     table = RoutingTable(
@@ -124,7 +124,7 @@ def test_build_tuner_uses_a_function_trainable_asha_and_optuna(tmp_path):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from barp_ray.tuning.sweep import build_tuner
+    from barp_ray.tuning.tuner import build_tuner
 
     cfg = SweepConfig.from_yaml(REPO / "tune" / "sweep.yaml", data=str(tmp_path), out_dir=tmp_path)
     tuner = build_tuner(cfg)
