@@ -93,7 +93,7 @@ async def relay_stream(
     barp: Callable[[float | None], dict],
     on_end: Callable[[str, dict, str | None], None],
 ) -> AsyncIterator[str]:
-    """The SSE events of an upstream stream (see upstreams.py for its items), `first` already read.
+    """The SSE events of an upstream stream (see upstream_protocol.py for its items), `first` already read.
 
     `barp(cost)` gives the `barp` block; `on_end(status, last item, error)` runs once at the end: status
     "ok", or "stream_error" when the upstream broke mid-stream, sent nothing for `chunk_timeout` seconds or

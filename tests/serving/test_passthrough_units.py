@@ -9,7 +9,7 @@ import pytest
 
 from barp_ray.serving.fallback import CircuitBreaker, error_text
 from barp_ray.serving.openai_format import client_chunk, completion, relay_stream
-from barp_ray.serving.upstreams import UpstreamError
+from barp_ray.serving.upstream_protocol import UpstreamError
 
 
 class Clock:
@@ -187,7 +187,7 @@ def test_upstream_errors_keep_only_the_message_with_address_and_key_redacted(mon
     import httpx
     import openai
 
-    from barp_ray.serving.upstreams import OpenAIBackend
+    from barp_ray.serving.openai_backend import OpenAIBackend
 
     monkeypatch.setenv("BARP_UNIT_KEY", "sk-very-secret")
     base = "http://10.1.2.3:8443/v1"

@@ -297,7 +297,8 @@ def test_bad_input_neither_crashes_nor_stalls_the_replica(serve_app, client):
 
 # ---- OpenAI-compatible backend, against this very app -----------------------------------------------------
 def test_openai_compatible_backend_complete_stream_and_errors(serve_app, monkeypatch):
-    from barp_ray.serving.upstreams import OpenAIBackend, UpstreamError
+    from barp_ray.serving.openai_backend import OpenAIBackend
+    from barp_ray.serving.upstream_protocol import UpstreamError
 
     tp = serve_app.policy
     monkeypatch.setenv("BARP_TEST_UPSTREAM_KEY", serve_app.api_key)

@@ -314,7 +314,8 @@ def test_api_keys_from_env_and_file(tmp_path):
 
 # ---- replay backend ---------------------------------------------------------------------------------------
 def test_replay_backend_answers_recorded_prompts(tiny_policy):
-    from barp_ray.serving.upstreams import ReplayBackend, UpstreamError
+    from barp_ray.serving.upstream_protocol import UpstreamError
+    from barp_ray.serving.upstreams import ReplayBackend
 
     model = tiny_policy.models[0]
     backend = ReplayBackend(model, {"stream_chunk_chars": 5})
