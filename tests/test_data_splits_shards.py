@@ -16,6 +16,7 @@ from barp_ray.data.shards import (
     read_manifest,
     read_shards,
     read_shards_ray,
+    read_split_columns,
     write_shards,
 )
 from barp_ray.data.splits import assign_validation_split, loto_folds
@@ -139,6 +140,31 @@ def test_write_and_read_shards_roundtrip(tmp_path):
     np.testing.assert_array_equal(back.costs, table.costs)
     np.testing.assert_array_equal(back.embeddings, table.embeddings)
     assert back.encoder == "test-encoder" and back.models == MODELS
+
+
+def test_read_split_columns_with_a_row_cap_reads_a_seeded_subset_across_shards(tmp_path):
+    table = assign_validation_split(make_table({"a": (60, 5), "b": (40, 5)}, embed_dim=4), 0.3)
+    write_shards(table, tmp_path, num_shards=4)
+    columns = ["prompt_id", "task", "embedding"]
+    whole = read_split_columns(tmp_path, columns, split="val")
+    n_val = int((table.split == "val").sum())
+    assert len(whole["prompt_id"]) == n_val and whole["embedding"].shape == (n_val, 4)
+    # a cap at or above the split's size changes nothing
+    same = read_split_columns(tmp_path, columns, split="val", max_rows=n_val)
+    assert same["prompt_id"].tolist() == whole["prompt_id"].tolist()
+    # below it: exactly max_rows distinct rows of that split, in shard order, the same for the same seed
+    capped = read_split_columns(tmp_path, columns, split="val", max_rows=7, seed=3)
+    ids = capped["prompt_id"].tolist()
+    assert len(ids) == len(set(ids)) == 7 and set(ids) <= set(whole["prompt_id"].tolist())
+    order = {pid: i for i, pid in enumerate(whole["prompt_id"].tolist())}
+    assert [order[pid] for pid in ids] == sorted(order[pid] for pid in ids)
+    row_of = {pid: i for i, pid in enumerate(table.prompt_ids.tolist())}
+    np.testing.assert_array_equal(capped["embedding"], table.embeddings[[row_of[pid] for pid in ids]])
+    assert read_split_columns(tmp_path, columns, split="val", max_rows=7, seed=3)["prompt_id"].tolist() == ids
+    assert read_split_columns(tmp_path, columns, split="val", max_rows=7, seed=4)["prompt_id"].tolist() != ids
+    # the cap applies after exclude_tasks
+    only_a = read_split_columns(tmp_path, columns, split="val", exclude_tasks=["b"], max_rows=5)
+    assert len(only_a["prompt_id"]) == 5 and set(only_a["task"].tolist()) == {"a"}
 
 
 def test_rewrite_removes_stale_shards_and_caps_shard_count(tmp_path):

@@ -154,14 +154,40 @@ def iter_shard_columns(
 
 
 def read_split_columns(
-    shard_dir: str | os.PathLike, columns: list[str], split: str | None = None, exclude_tasks: Sequence[str] = ()
+    shard_dir: str | os.PathLike,
+    columns: list[str],
+    split: str | None = None,
+    exclude_tasks: Sequence[str] = (),
+    max_rows: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """`columns` of one split's rows (minus `exclude_tasks`) as numpy columns (2-D for list columns), read with
     pyarrow one shard file at a time: a small split a process needs whole (a training worker's validation
-    rows) without starting a Ray Data pipeline for it. Rows keep the shard order."""
-    tables = list(iter_shard_columns(shard_dir, columns, split=split, exclude_tasks=exclude_tasks))
+    rows) without starting a Ray Data pipeline for it. Rows keep the shard order.
+
+    With `max_rows`, a split larger than that yields a uniform random subset of `max_rows` rows (seeded, the
+    same on every process), read shard by shard so memory stays bounded by the subset plus one shard."""
+    keep = _row_subset(shard_dir, split, exclude_tasks, max_rows, seed) if max_rows is not None else None
+    tables, offset = [], 0
+    for table in iter_shard_columns(shard_dir, columns, split=split, exclude_tasks=exclude_tasks):
+        if keep is not None:
+            local = keep[(keep >= offset) & (keep < offset + table.num_rows)] - offset
+            offset += table.num_rows
+            table = table.take(pa.array(local))
+        tables.append(table)
     arrow = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     return _numpy_columns(arrow)
+
+
+def _row_subset(
+    shard_dir: str | os.PathLike, split: str | None, exclude_tasks: Sequence[str], max_rows: int, seed: int
+) -> np.ndarray | None:
+    """Sorted row positions (over the split's rows in shard order) of a seeded `max_rows` subset; None when the
+    split has no more rows than that. Counts rows from one small column."""
+    total = sum(t.num_rows for t in iter_shard_columns(shard_dir, ["split"], split=split, exclude_tasks=exclude_tasks))
+    if total <= max_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(total, size=max_rows, replace=False))
 
 
 def read_shards_ray(

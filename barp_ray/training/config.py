@@ -111,6 +111,12 @@ class TrainConfig(JobConfig):
     )
     # validation
     val_grid_points: int = Field(default=11, ge=2, description="w_c grid for the validation curve")
+    val_max_rows: int | None = Field(
+        default=50_000,
+        gt=0,
+        description="validate on a seeded random subset of this many val rows when the split is larger (every "
+        "worker holds its val rows: this bounds their memory at log scale); null: the whole split",
+    )
 
     @property
     def total_steps(self) -> int:

@@ -40,6 +40,22 @@ def shard_columns(iterator) -> dict[str, np.ndarray]:
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
+def process_memory_mb() -> dict[str, float]:
+    """This process's memory (MiB): `peak_rss` (all resident pages, incl. shared object-store pages the
+    process has touched), and on Linux the current `rss_anon` (private heap: what the process itself holds)
+    and `rss_shmem` (mapped shared memory, i.e. Ray's object store, owned by the node, not the process)."""
+    out = {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux
+        return out
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssShmem"):
+            out[key.replace("Rss", "rss_").lower()] = int(value.split()[0]) / 1024
+    return out
+
+
 def _iterator_to_table(iterator, models: list[str], encoder: str | None) -> RoutingTable:
     return RoutingTable.from_columns(shard_columns(iterator), models, encoder)
 
@@ -49,10 +65,13 @@ VAL_COLUMNS = ["prompt_id", "prompt", "task", "scores", "costs", "embedding"]
 
 
 def read_val_table(cfg: TrainConfig, models: list[str], encoder: str | None) -> RoutingTable:
-    """The whole validation split (minus `exclude_tasks`), which every worker holds: read straight from the
-    shard files with pyarrow (local or a URI), since a Ray Data pipeline for a few thousand rows costs seconds
-    of start-up per worker and run. The row order does not matter: `PolicyData` sorts it canonically."""
-    columns = read_split_columns(cfg.data, VAL_COLUMNS, split="val", exclude_tasks=cfg.exclude_tasks)
+    """The validation split (minus `exclude_tasks`; a seeded subset of `val_max_rows` rows when larger), which
+    every worker holds: read straight from the shard files with pyarrow (local or a URI), since a Ray Data
+    pipeline for a few thousand rows costs seconds of start-up per worker and run. The row order does not
+    matter: `PolicyData` sorts it canonically."""
+    columns = read_split_columns(
+        cfg.data, VAL_COLUMNS, split="val", exclude_tasks=cfg.exclude_tasks, max_rows=cfg.val_max_rows, seed=cfg.seed
+    )
     if not len(columns["prompt_id"]):
         raise ValueError(f"{cfg.data}: the val split has no rows (after exclude_tasks): nothing to validate on")
     return RoutingTable.from_columns(columns, models, encoder)
@@ -147,7 +166,7 @@ def run_epochs(
             "reported_at": time.time(),  # wall clock: time to first epoch in benchmarks
             "ingest": "stream" if isinstance(data, StreamingPolicyData) else "memory",
             "seconds_to_first_step": round(first_step_at - started_at, 2),
-            "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **{f"worker_{name}_mb": round(mb, 1) for name, mb in process_memory_mb().items()},
             **validate(),
         }
         stopper.update(metrics)
