@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -31,11 +30,7 @@ from barp_ray.policy.checkpoint import load_policy
 from barp_ray.ray_connect import connect
 from barp_ray.training.config import TrainConfig
 from barp_ray.training.trainer import train_policy
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from barp_ray.training.worker import process_memory_mb
 
 
 def ensure_logs(out: Path, rows: int, source: str | None, seed: int, dtype: str = "float32") -> Path:
@@ -93,7 +88,7 @@ def run_one(data: Path, rows: int, mode: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     outcome = train_policy(cfg, export_dir=args.out / "policies" / f"{rows}-{mode}")
     wall = time.perf_counter() - start
-    driver_rss = peak_rss_mb()  # before the evaluation below reads the test split
+    driver = process_memory_mb()  # before the evaluation below reads the test split
     latest = outcome.latest_metrics
     result = {
         "rows": rows,
@@ -103,7 +98,10 @@ def run_one(data: Path, rows: int, mode: str, args: argparse.Namespace) -> dict:
         "samples_per_s": latest.get("train_samples_per_s"),
         "seconds_to_first_step": latest.get("seconds_to_first_step"),
         "worker_peak_rss_mb": latest.get("worker_peak_rss_mb"),
-        "driver_peak_rss_mb": round(driver_rss, 1),
+        "worker_rss_anon_mb": latest.get("worker_rss_anon_mb"),
+        "worker_rss_shmem_mb": latest.get("worker_rss_shmem_mb"),
+        "driver_peak_rss_mb": round(driver["peak_rss"], 1),
+        "driver_rss_anon_mb": round(driver.get("rss_anon", float("nan")), 1),
         "ingest": latest.get("ingest"),
         "passes": args.passes,
         "embedding_dtype": args.embedding_dtype,
@@ -114,18 +112,34 @@ def run_one(data: Path, rows: int, mode: str, args: argparse.Namespace) -> dict:
 
 def markdown(results: list[dict]) -> str:
     head = (
-        "| rows | ingest | wall s | first step s | samples/s | worker peak RSS MB | driver peak RSS MB "
-        "| policy reward | optimum | best single | gap to optimum |"
+        "| rows | ingest | wall s | first step s | samples/s | worker peak RSS MB | worker private / object-store "
+        "MB | driver peak RSS MB | policy reward | optimum | best single | gap to optimum |"
     )
-    lines = [head, "|" + " ---: |" * 11]
+    lines = [head, "|" + " ---: |" * 12]
     for r in results:
         lines.append(
             f"| {r['rows']:,} | {r['ingest']} | {r['wall_s']} | {r['seconds_to_first_step']} | "
-            f"{r['samples_per_s']:.0f} | {r['worker_peak_rss_mb']:.0f} | {r['driver_peak_rss_mb']:.0f} | "
+            f"{r['samples_per_s']:.0f} | {r['worker_peak_rss_mb']:.0f} | "
+            f"{r.get('worker_rss_anon_mb') or 0:.0f} / {r.get('worker_rss_shmem_mb') or 0:.0f} | "
+            f"{r['driver_peak_rss_mb']:.0f} | "
             f"{r['policy_reward']:.4f} | {r['optimal_reward']:.4f} | {r['best_single_reward']:.4f} | "
             f"{100 * r['gap_to_optimum']:.2f}% |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _replace_option(argv: list[str], flag: str, values: list[str]) -> list[str]:
+    """`argv` with `flag`'s values (nargs="+") replaced by `values` (appended when absent)."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg == flag:
+            skipping = True
+            continue
+        if skipping and not arg.startswith("--"):
+            continue
+        skipping = False
+        out.append(arg)
+    return [*out, flag, *values]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,15 +156,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedding-dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--test-rows", type=int, default=50_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--object-store-mb", type=int, default=None, help="Ray's object store size (default: Ray's, 30%% of RAM)"
+    )
+    p.add_argument("--one", type=Path, default=None, help=argparse.SUPPRESS)  # internal: one run, result here
     args = p.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    connect(num_cpus=4, quiet=True)
+    if args.one is not None:  # a child process: one (rows, mode) run on a fresh Ray instance
+        store = args.object_store_mb * 1024**2 if args.object_store_mb else None
+        connect(num_cpus=4, quiet=True, object_store_memory=store)
+        data = ensure_logs(args.out, args.rows[0], args.source, args.seed, args.embedding_dtype)
+        args.one.write_text(json.dumps(run_one(data, args.rows[0], args.modes[0], args)))
+        return 0
     results = []
     for rows in args.rows:
-        data = ensure_logs(args.out, rows, args.source, args.seed, args.embedding_dtype)
+        ensure_logs(args.out, rows, args.source, args.seed, args.embedding_dtype)
         for mode in args.modes:
-            results.append(run_one(data, rows, mode, args))
+            # each run in its own process, so the driver's peak RSS is that run's alone
+            result_file = args.out / f"run-{rows}-{mode}.json"
+            child = list(argv if argv is not None else sys.argv[1:])
+            child = _replace_option(_replace_option(child, "--rows", [str(rows)]), "--modes", [mode])
+            subprocess.run([sys.executable, __file__, *child, "--one", str(result_file)], check=True)
+            results.append(json.loads(result_file.read_text()))
             print(json.dumps(results[-1]), flush=True)
     (args.out / "scale.json").write_text(json.dumps(results, indent=2))
     (args.out / "scale.md").write_text(markdown(results))
