@@ -50,13 +50,9 @@ FORMAT_HELP = (
 
 def _join_text(value: object) -> str | None:
     """Text, a list of strings, or a Python list literal of strings -> one string (None if empty)."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return "\n".join(str(v) for v in value)
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    text = str(value)
+    text = plain_text(value)
+    if text is None or isinstance(value, (list, tuple, np.ndarray)):
+        return text
     stripped = text.strip()
     if stripped.startswith("[") and stripped.endswith("]"):
         try:
