@@ -101,6 +101,20 @@ class TrainConfig(JobConfig):
         "is the one a was sampled under; the others are importance-weighted, ratio clipped at `ratio_clip`)",
     )
     ratio_clip: float = Field(default=5.0, gt=0, description="clip of pi(a|x,w') / pi(a|x,w) for extra w")
+    critic: Literal["none", "mlp"] = Field(
+        default="none",
+        description="a learned control variate (training only): 'mlp' fits predicted score and cost of every "
+        "model to the observed bandit feedback and uses them in the doubly robust policy gradient "
+        "(training/critic.py); 'none' is plain REINFORCE with the batch baseline",
+    )
+    critic_hidden_dim: int = Field(default=256, gt=0, description="hidden width of the critic MLP")
+    critic_lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate of the critic")
+    critic_weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay of the critic")
+    critic_direct: bool = Field(
+        default=True,
+        description="true: the doubly robust gradient (the critic's sum over every model plus the sampled "
+        "model's correction); false: the critic only as a baseline, r - sum_a pi(a) r_hat(a)",
+    )
     # policy
     head: HeadType = Field(default="mlp", description="decision head g over [h(x); phi(w)]")
     hidden_dim: int = Field(default=256, gt=0, description="hidden width of the decision head")

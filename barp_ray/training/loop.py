@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from barp_ray.data.table import RoutingTable
-from barp_ray.objective import CostScale, as_cost_scale, reward, sample_preferences, w_grid
+from barp_ray.objective import CostScale, as_cost_scale, normalized_cost, reward, sample_preferences, w_grid
 from barp_ray.objective import greedy_curve as objective_greedy_curve
 from barp_ray.policy.model import BarpPolicy, PolicySpec, preference_tensor
 from barp_ray.training.config import TrainConfig
+from barp_ray.training.critic import CriticLearner, doubly_robust_loss
 from barp_ray.training.optim import PolicyOptimizer
 
 if TYPE_CHECKING:
@@ -139,6 +140,17 @@ class ReinforceLearner:
         # optimiser, lr / entropy schedules, RNG and step count: shared with the off-policy learner
         self.optim = PolicyOptimizer(policy, cfg, seed)
         self.device = self.optim.device
+        self.critic = None
+        if cfg.critic == "mlp":
+            spec = getattr(policy, "module", policy).spec  # DDP wraps the policy
+            self.critic = CriticLearner(
+                spec.embed_dim,
+                len(spec.models),
+                cfg.critic_hidden_dim,
+                cfg.critic_lr,
+                cfg.critic_weight_decay,
+                self.device,
+            )
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -175,12 +187,30 @@ class ReinforceLearner:
         chosen_log_prob = log_probs.gather(1, actions)
         entropy = -(probs * log_probs).sum(dim=-1).mean()
         beta = entropy_coefficient(cfg, self.step_count)
-        pg = -(advantage.detach() * chosen_log_prob).mean()
+        if self.critic is None:
+            pg = -(advantage.detach() * chosen_log_prob).mean()
+        else:
+            pg = self._critic_loss(x, w_cost, probs, actions, q, c, r, chosen_log_prob)
         if cfg.w_samples > 1:
             pg = (pg + self._rescalarised_loss(x, actions, q, c, chosen_log_prob.detach())) / cfg.w_samples
         loss = pg - beta * entropy
         self.apply(loss)
         return {"loss": loss.item(), "reward": r.mean().item(), "entropy": entropy.item(), "beta": beta}
+
+    def _critic_loss(self, x, w_cost, probs, actions, q, c, r, chosen_log_prob) -> torch.Tensor:
+        """The policy-gradient loss with the critic (`critic_direct`: doubly robust; else the critic's value
+        as the baseline); then one critic step on the observed outcomes (after scoring, so the batch's own
+        outcomes never enter its r_hat)."""
+        q_hat, c_hat = self.critic.predict(x)
+        w = w_cost.unsqueeze(1)
+        r_hat = (1.0 - w) * q_hat - w * c_hat  # (n, K): the reward of every model, as the critic predicts it
+        if self.cfg.critic_direct:
+            loss = doubly_robust_loss(probs, chosen_log_prob, actions, r, r_hat)
+        else:
+            value = (probs.detach() * r_hat).sum(dim=-1, keepdim=True)
+            loss = -((r - value) * chosen_log_prob).mean()
+        self.critic.fit(x, actions, q, normalized_cost(c, self.scale))
+        return loss
 
     def _rescalarised_loss(self, x, actions, q, c, behaviour_log_prob) -> torch.Tensor:
         """Sum over M - 1 fresh preferences of the clipped importance-weighted policy-gradient loss."""
@@ -200,10 +230,15 @@ class ReinforceLearner:
         self.optim.apply(loss)
 
     def state_dict(self) -> dict:
-        return self.optim.state_dict()
+        state = self.optim.state_dict()
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optim.load_state_dict(state)
+        if self.critic is not None and "critic" in state:
+            self.critic.load_state_dict(state["critic"])
 
 
 def greedy_curve(policy: BarpPolicy, data: PolicyData, grid: np.ndarray) -> dict[str, np.ndarray]:
