@@ -157,6 +157,7 @@ def phase_rss(args, policy: str, out, port: int, keys: str, bodies: list[dict]) 
         keys,
         router={"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 256},
         batching={"enabled": True, "max_batch_size": 16, "batch_wait_timeout_s": 0.002},
+        **({"encoding": {"decision_cache_bytes": args.cache_bytes}} if args.cache_bytes is not None else {}),
     )
     took = sc.deploy(cfg, port)
     pids = router_pids()
@@ -243,7 +244,9 @@ def markdown(r: dict) -> str:
             "## Router replica RSS under load",
             "",
             f"{r['args']['rss_clients']} clients of POST /v1/chat/completions for {m['minutes']} min, one "
-            f"router replica; {m['load']['completed']} requests ({m['load']['throughput_rps']} req/s), "
+            f"router replica (decision cache: {r['args'].get('cache_bytes') or 'the default'} bytes, "
+            f"{r['args']['prompts']} distinct prompts round-robin); {m['load']['completed']} requests "
+            f"({m['load']['throughput_rps']} req/s), "
             f"{m['load']['errors']} errors.",
             "",
             f"- RSS at start {m['rss_first_mb']} MB, after {m['warmup_s']} s warm-up "
@@ -278,6 +281,13 @@ def main() -> int:
     p.add_argument("--rss-clients", type=int, default=8)
     p.add_argument("--rss-every-s", type=float, default=10.0)
     p.add_argument("--warmup-s", type=float, default=60.0, help="RSS samples before this are warm-up")
+    p.add_argument(
+        "--cache-bytes",
+        type=int,
+        default=None,
+        help="the replica's decision cache bound for the RSS run (default: the app's). Below --prompts x ~1.8 KB "
+        "the cache is full and, with the prompts sent round-robin, evicts on every request",
+    )
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--out", default="runs/bench/serve_autoscale")
     args = p.parse_args()
