@@ -84,7 +84,12 @@ def normalized_cost(cost, scale: float | CostScale):
 
 def reward(score, cost, w_cost, scale: float | CostScale):
     """r = (1 - w_c) * q - w_c * c~ (tensors or arrays; broadcasts); `scale` as in `normalized_cost`."""
-    return (1.0 - w_cost) * score - w_cost * normalized_cost(cost, scale)
+    return scalarized_reward(score, normalized_cost(cost, scale), w_cost)
+
+
+def scalarized_reward(score, scaled_cost, w_cost):
+    """r = (1 - w_c) * q - w_c * c~ for a cost already on the reward's scale (c~ in [0, 1], e.g. a critic's)."""
+    return (1.0 - w_cost) * score - w_cost * scaled_cost
 
 
 def derive_tau(train_costs: np.ndarray, rule: TauRule = "p99_top_model") -> float:

@@ -103,3 +103,20 @@ def test_learner_state_carries_the_critic():
     plain = _learner(TrainConfig(epochs=1, steps_per_epoch=1, batch_size=128))
     assert plain.critic is None and "critic" not in plain.state_dict()
     plain.load_state_dict(state)
+
+
+def test_in_process_training_with_the_critic_is_deterministic():
+    """Same seed, same policy: the critic's initial weights come from the config's seed, not from whatever
+    state the process's global RNG is in."""
+    from test_policy import _toy_tables
+
+    from barp_ray.training.bare import train_in_process
+
+    train, val = _toy_tables()
+    cfg = TrainConfig(passes=50, epochs=3, batch_size=64, hidden_dim=32, pref_dim=8, seed=3, critic="mlp")
+    a = train_in_process(cfg, train, val, scale=0.01)
+    torch.rand(7)  # move the global RNG on between the two runs
+    b = train_in_process(cfg, train, val, scale=0.01)
+    assert [h["val_reward"] for h in a.history] == [h["val_reward"] for h in b.history]
+    for (ka, va), (kb, vb) in zip(a.policy.state_dict().items(), b.policy.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)

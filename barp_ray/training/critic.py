@@ -54,16 +54,20 @@ class CriticLearner:
     """Fits a `RewardCritic` to observed (prompt, model, q, c~) with AdamW; checkpointable."""
 
     def __init__(
-        self, embed_dim: int, num_models: int, hidden_dim: int, lr: float, weight_decay: float, device
+        self, embed_dim: int, num_models: int, hidden_dim: int, lr: float, weight_decay: float, device, seed: int
     ) -> None:
-        self.critic = RewardCritic(embed_dim, num_models, hidden_dim).to(device)
+        # initial weights from `seed` alone (not the caller's global RNG state): the same critic on every rank
+        # and in every run with that seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.critic = RewardCritic(embed_dim, num_models, hidden_dim).to(device)
         self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=lr, weight_decay=weight_decay)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.critic(x)
 
-    def fit(self, x: torch.Tensor, actions: torch.Tensor, q: torch.Tensor, c_scaled: torch.Tensor) -> float:
+    def fit(self, x: torch.Tensor, actions: torch.Tensor, q: torch.Tensor, c_scaled: torch.Tensor) -> None:
         """One step on the observed outcomes: `actions`, `q`, `c_scaled` are (N, M) (M sampled models per
         prompt). Cross-entropy on both targets (both lie in [0, 1]; scores may be 0/1 or continuous)."""
         q_logits, c_logits = self.critic.logits(x)
@@ -73,8 +77,7 @@ class CriticLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _average_gradients_across_ranks(self.critic)
-        self.optimizer.step()
-        return float(loss.item())
+        self.optimizer.step()  # no loss.item(): a device sync per learner step for a value nobody reads
 
     def state_dict(self) -> dict:
         return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from barp_ray.data.table import RoutingTable
-from barp_ray.objective import CostScale, as_cost_scale, normalized_cost, reward, sample_preferences, w_grid
+from barp_ray.objective import (
+    CostScale,
+    as_cost_scale,
+    normalized_cost,
+    reward,
+    sample_preferences,
+    scalarized_reward,
+    w_grid,
+)
 from barp_ray.objective import greedy_curve as objective_greedy_curve
 from barp_ray.policy.model import BarpPolicy, PolicySpec, preference_tensor
 from barp_ray.training.config import TrainConfig
@@ -150,6 +158,7 @@ class ReinforceLearner:
                 cfg.critic_lr,
                 cfg.critic_weight_decay,
                 self.device,
+                seed=cfg.seed,  # not the per-rank sampling seed: every DDP rank starts from the same critic
             )
 
     @property
@@ -182,7 +191,8 @@ class ReinforceLearner:
         actions = torch.multinomial(probs.detach(), m, replacement=True, generator=self.generator)  # (n, m)
         q = q_all.gather(1, actions)  # bandit feedback: only the chosen model's outcome
         c = c_all.gather(1, actions)
-        r = reward(q, c, w_cost.unsqueeze(1), self.scale)
+        c_scaled = normalized_cost(c, self.scale)
+        r = scalarized_reward(q, c_scaled, w_cost.unsqueeze(1))
         advantage = advantages(r, w_cost, cfg.baseline_bins, cfg.normalize_advantage)
         chosen_log_prob = log_probs.gather(1, actions)
         entropy = -(probs * log_probs).sum(dim=-1).mean()
@@ -190,26 +200,25 @@ class ReinforceLearner:
         if self.critic is None:
             pg = -(advantage.detach() * chosen_log_prob).mean()
         else:
-            pg = self._critic_loss(x, w_cost, probs, actions, q, c, r, chosen_log_prob)
+            pg = self._critic_loss(x, w_cost, probs, actions, q, c_scaled, r, chosen_log_prob)
         if cfg.w_samples > 1:
             pg = (pg + self._rescalarised_loss(x, actions, q, c, chosen_log_prob.detach())) / cfg.w_samples
         loss = pg - beta * entropy
         self.apply(loss)
         return {"loss": loss.item(), "reward": r.mean().item(), "entropy": entropy.item(), "beta": beta}
 
-    def _critic_loss(self, x, w_cost, probs, actions, q, c, r, chosen_log_prob) -> torch.Tensor:
+    def _critic_loss(self, x, w_cost, probs, actions, q, c_scaled, r, chosen_log_prob) -> torch.Tensor:
         """The policy-gradient loss with the critic (`critic_direct`: doubly robust; else the critic's value
         as the baseline); then one critic step on the observed outcomes (after scoring, so the batch's own
         outcomes never enter its r_hat)."""
         q_hat, c_hat = self.critic.predict(x)
-        w = w_cost.unsqueeze(1)
-        r_hat = (1.0 - w) * q_hat - w * c_hat  # (n, K): the reward of every model, as the critic predicts it
+        r_hat = scalarized_reward(q_hat, c_hat, w_cost.unsqueeze(1))  # (n, K): every model's, as predicted
         if self.cfg.critic_direct:
             loss = doubly_robust_loss(probs, chosen_log_prob, actions, r, r_hat)
         else:
             value = (probs.detach() * r_hat).sum(dim=-1, keepdim=True)
             loss = -((r - value) * chosen_log_prob).mean()
-        self.critic.fit(x, actions, q, normalized_cost(c, self.scale))
+        self.critic.fit(x, actions, q, c_scaled)
         return loss
 
     def _rescalarised_loss(self, x, actions, q, c, behaviour_log_prob) -> torch.Tensor:
