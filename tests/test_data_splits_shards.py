@@ -167,6 +167,34 @@ def test_read_split_columns_with_a_row_cap_reads_a_seeded_subset_across_shards(t
     assert len(only_a["prompt_id"]) == 5 and set(only_a["task"].tolist()) == {"a"}
 
 
+def test_read_split_columns_parts_are_disjoint_and_cover_the_split(tmp_path):
+    """`part=(rank, world)`: a training worker's share of the train split, read straight from the shards."""
+    table = assign_validation_split(make_table({"a": (50, 5), "b": (31, 5)}, embed_dim=4), 0.2)
+    write_shards(table, tmp_path, num_shards=3)
+    columns = ["prompt_id", "task", "embedding"]
+    whole = read_split_columns(tmp_path, columns, split="train")["prompt_id"].tolist()
+    for world in (1, 2, 3):
+        parts = [read_split_columns(tmp_path, columns, split="train", part=(r, world)) for r in range(world)]
+        ids = [p["prompt_id"].tolist() for p in parts]
+        together = [pid for share in ids for pid in share]
+        assert sorted(together) == sorted(whole) and len(set(together)) == len(whole)
+        assert max(map(len, ids)) - min(map(len, ids)) <= 1  # balanced to one row
+        assert ids[0] == whole[::world]  # every world-th row of the split, in shard order
+        row_of = {pid: i for i, pid in enumerate(table.prompt_ids.tolist())}
+        np.testing.assert_array_equal(parts[-1]["embedding"], table.embeddings[[row_of[p] for p in ids[-1]]])
+    # after exclude_tasks, and combined with a row cap (a part of the capped subset)
+    only_b = read_split_columns(tmp_path, columns, split="train", exclude_tasks=["a"], part=(1, 2))
+    assert set(only_b["task"].tolist()) == {"b"} and len(only_b["prompt_id"]) == int(
+        ((table.split == "train") & (table.tasks == "b")).sum() // 2
+    )
+    capped = read_split_columns(tmp_path, columns, split="train", max_rows=9, seed=1)["prompt_id"].tolist()
+    assert read_split_columns(tmp_path, columns, split="train", max_rows=9, seed=1, part=(0, 2))[
+        "prompt_id"
+    ].tolist() == [capped[i] for i in range(len(capped)) if whole.index(capped[i]) % 2 == 0]
+    with pytest.raises(ValueError, match="part must be"):
+        read_split_columns(tmp_path, columns, split="train", part=(2, 2))
+
+
 def test_rewrite_removes_stale_shards_and_caps_shard_count(tmp_path):
     write_shards(make_table({"a": (20, 5)}), tmp_path, num_shards=4)
     small = make_table({"a": (1, 1)})

@@ -160,21 +160,28 @@ def read_split_columns(
     exclude_tasks: Sequence[str] = (),
     max_rows: int | None = None,
     seed: int = 0,
+    part: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """`columns` of one split's rows (minus `exclude_tasks`) as numpy columns (2-D for list columns), read with
-    pyarrow one shard file at a time: a small split a process needs whole (a training worker's validation
-    rows) without starting a Ray Data pipeline for it. Rows keep the shard order.
+    pyarrow one shard file at a time: the rows a process needs (a training worker's share of the train split,
+    its validation rows) without starting a Ray Data pipeline for them. Rows keep the shard order.
 
     With `max_rows`, a split larger than that yields a uniform random subset of `max_rows` rows (seeded, the
-    same on every process), read shard by shard so memory stays bounded by the subset plus one shard."""
+    same on every process). With `part=(index, count)`, only every `count`-th row from position `index` on (a
+    training worker's disjoint share: rank, world size). Memory stays bounded by the rows kept plus one shard."""
     keep = _row_subset(shard_dir, split, exclude_tasks, max_rows, seed) if max_rows is not None else None
-    tables, offset = [], 0
+    if part is not None and not 0 <= part[0] < part[1]:
+        raise ValueError(f"part must be (index, count) with 0 <= index < count, got {part}")
+    tables, start = [], 0
     for table in iter_shard_columns(shard_dir, columns, split=split, exclude_tasks=exclude_tasks):
-        if keep is not None:
-            local = keep[(keep >= offset) & (keep < offset + table.num_rows)] - offset
-            offset += table.num_rows
-            table = table.take(pa.array(local))
+        end = start + table.num_rows  # this shard's rows are positions [start, end) of the split
+        if keep is not None or part is not None:
+            positions = keep[(keep >= start) & (keep < end)] if keep is not None else np.arange(start, end)
+            if part is not None:
+                positions = positions[positions % part[1] == part[0]]
+            table = table.take(pa.array(positions - start, type=pa.int64()))
         tables.append(table)
+        start = end
     arrow = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     return _numpy_columns(arrow)
 

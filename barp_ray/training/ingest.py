@@ -1,7 +1,8 @@
 """How a training worker gets its rows: in memory below a per-worker budget, streamed above it.
 
-In memory (the fast path for logs that fit): the worker's shard is read once into tensors and every step
-indexes random rows. Streamed (logs larger than a worker's memory): the worker pulls batches from its Ray
+In memory (the fast path for logs that fit): the worker reads its share of the rows once, straight from the
+shard files with pyarrow (`worker.read_train_table`, no Ray Data pipeline to start), into tensors, and every
+step indexes random rows. Streamed (logs larger than a worker's memory): the worker pulls batches from its Ray
 Data shard with `iter_batches(local_shuffle_buffer_size=...)`, one pass after another, so memory holds one
 shuffle buffer and a few blocks whatever the number of rows. Both expose `sample(n, generator)`, the one call
 the REINFORCE step makes for its batch.

@@ -131,6 +131,14 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     ingest = choose_mode(
         cfg.ingest, {**manifest, "per_split": {"train": len(costs)}}, cfg.num_workers, cfg.worker_memory_budget_mb
     )
+    # Streamed ingestion pulls the train split through Ray Data (`get_dataset_shard`); in memory, each worker
+    # reads its share with pyarrow (`worker.read_train_table`). Every worker reads the val split itself.
+    data_kwargs = {}
+    if ingest == "stream":
+        data_kwargs = {
+            "datasets": {"train": _read_split(cfg, "train", TRAIN_COLUMNS)},
+            "dataset_config": DataConfig(datasets_to_split=["train"]),
+        }
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
@@ -148,9 +156,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=run_config(cfg, callbacks),
-        # the train split only: every worker reads the (small) val split itself (`worker.read_val_table`)
-        datasets={"train": _read_split(cfg, "train", TRAIN_COLUMNS if ingest == "stream" else None)},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        **data_kwargs,
     ), scale
 
 

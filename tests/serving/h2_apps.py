@@ -248,8 +248,10 @@ def guard_app(serve_port, tiny_policy, tmp_path_factory):
             "min_replicas": 1,
             "max_replicas": 1,
             "num_cpus": 0.25,
-            "max_ongoing_requests": 64,
-            "max_queued_requests": 64,
+            # the bad-input test fires its whole corpus (~150 requests) at once: queues sized for the burst, so
+            # a slow replica (CI load) never turns it into Serve's own backpressure 503s
+            "max_ongoing_requests": 256,
+            "max_queued_requests": 256,
         },
         "batching": {"enabled": True, "max_batch_size": 8, "batch_wait_timeout_s": 0.005},
         "auth": {"enabled": True, "api_keys_env": None, "api_keys_file": str(keys)},
