@@ -312,28 +312,3 @@ def test_cli_names_the_missing_field(capsys):
 
     assert main(["ope", "--candidate", "runs/nowhere"]) == 2
     assert "source.logs is required: pass --logs" in capsys.readouterr().err
-
-
-def test_logged_rows_round_trip_through_arrow_with_predictions():
-    from barp_ray.offpolicy.reward_model import cross_fitted_predictions
-
-    data = _toy_bandit(n=50)
-    data.predicted_scores, data.predicted_costs = cross_fitted_predictions(data)
-    table = data.to_arrow()
-    back = LoggedBandit.from_columns(
-        {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}, MODELS, TAU
-    )
-    for name in (
-        "embeddings",
-        "w_cost",
-        "actions",
-        "propensities",
-        "scores",
-        "costs",
-        "predicted_scores",
-        "predicted_costs",
-    ):
-        np.testing.assert_allclose(getattr(back, name), getattr(data, name), rtol=1e-6, err_msg=name)
-    held_rest, held_out = data.split_by_prompt(0.2)
-    assert len(held_rest) + len(held_out) == 50 and len(held_out) == 10
-    assert not set(held_out.prompt_hashes) & set(held_rest.prompt_hashes)

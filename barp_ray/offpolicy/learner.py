@@ -49,8 +49,8 @@ class LoggedTensors:
 
     @classmethod
     def from_logged(cls, data: LoggedBandit, device: str | torch.device = "cpu") -> LoggedTensors:
-        def t(a, dtype=torch.float32):
-            return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
+        def t(a, dtype=torch.float32):  # a copy: rows from Ray's object store are read-only views
+            return torch.tensor(np.asarray(a), dtype=dtype, device=device)
 
         return cls(
             embeddings=t(data.embeddings),

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pyarrow as pa
 
 from barp_ray.data.table import RoutingTable
 
@@ -114,68 +113,6 @@ class LoggedBandit:
         held = set(rng.choice(unique, size=round(fraction * len(unique)), replace=False).tolist())
         mask = np.array([h in held for h in self.prompt_hashes], dtype=bool)
         return self.take(np.flatnonzero(~mask)), self.take(np.flatnonzero(mask))
-
-    # ---- arrow round trip (Ray Data carries these rows to the training workers) ----------------------------
-    def to_arrow(self) -> pa.Table:
-        emb = self.embeddings.astype(np.float32)
-        flat = pa.array(emb.reshape(-1), type=pa.float32())
-        cols = {
-            EMBEDDING: pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]),
-            "w_cost": pa.array(self.w_cost, pa.float32()),
-            "action": pa.array(self.actions, pa.int64()),
-            "propensity": pa.array(self.propensities, pa.float64()),
-            "score": pa.array(self.scores, pa.float32()),
-            "cost": pa.array(self.costs, pa.float64()),
-            "prompt_hash": pa.array(self.prompt_hashes.astype(str), pa.string()),
-            "policy_version": pa.array(self.policy_versions.astype(str), pa.string()),
-        }
-        for name in ("predicted_scores", "predicted_costs"):
-            value = getattr(self, name)
-            if value is not None:
-                flat = pa.array(np.asarray(value, np.float64).reshape(-1), type=pa.float64())
-                cols[name] = pa.FixedSizeListArray.from_arrays(flat, value.shape[1])
-        meta = {
-            b"barp.models": "\n".join(self.models).encode(),
-            b"barp.tau": str(self.tau or "").encode(),
-            b"barp.cost_floor": str(self.cost_floor or "").encode(),
-            b"barp.encoder": (self.encoder or "").encode(),
-        }
-        return pa.table(cols).replace_schema_metadata(meta)
-
-    @classmethod
-    def from_columns(
-        cls,
-        cols: dict,
-        models: list[str],
-        tau: float | None = None,
-        encoder: str | None = None,
-        cost_floor: float | None = None,
-    ) -> LoggedBandit:
-        """From numpy columns named as in `to_arrow` (what a Ray Data batch gives)."""
-        emb = (
-            np.stack([np.asarray(e, dtype=np.float32) for e in cols[EMBEDDING]])
-            if len(cols[EMBEDDING])
-            else np.zeros((0, 0), np.float32)
-        )
-        return cls(
-            models=list(models),
-            embeddings=emb,
-            w_cost=np.asarray(cols["w_cost"], np.float64),
-            actions=np.asarray(cols["action"], np.int64),
-            propensities=np.asarray(cols["propensity"], np.float64),
-            scores=np.asarray(cols["score"], np.float64),
-            costs=np.asarray(cols["cost"], np.float64),
-            prompt_hashes=np.asarray(cols["prompt_hash"], dtype=object),
-            policy_versions=np.asarray(cols["policy_version"], dtype=object),
-            tau=tau,
-            cost_floor=cost_floor,
-            encoder=encoder,
-            **{
-                k: np.stack([np.asarray(v, np.float64) for v in cols[k]])
-                for k in ("predicted_scores", "predicted_costs")
-                if k in cols
-            },
-        )
 
 
 def check_propensities(propensities: np.ndarray, decision_ids=None) -> None:

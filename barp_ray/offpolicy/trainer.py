@@ -1,7 +1,9 @@
 """Off-policy REINFORCE on Ray Train (V2), from the router's decision logs alone.
 
 The driver reads the log into logged bandit rows (`read_source`), holds out `val_fraction` of the logged
-prompts, and hands both to a `TorchTrainer` as Ray Datasets. Each worker loads its shard once and runs
+prompts, and puts both in Ray's object store: each worker gets its disjoint share of the training rows (every
+world-th row from its rank) and all held-out rows, without a Ray Data pipeline to start (the rows are in the
+driver's memory already). Each worker loads its rows once and runs
 importance-weighted policy-gradient steps (`OffPolicyLearner`); every epoch rank 0 checkpoints and reports
 SNIPS estimates on the held-out logs (`val_ope_reward` selects the best checkpoint). Resume, failure
 restarts and the exported `best_policy/` work as in the on-policy trainer.
@@ -13,6 +15,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from barp_ray.objective import CostScale
 from barp_ray.offpolicy.config import OffPolicyTrainConfig, read_source
 from barp_ray.offpolicy.learner import LoggedTensors, OffPolicyLearner, heldout_metrics
@@ -21,20 +25,16 @@ from barp_ray.policy.checkpoint import load_policy
 from barp_ray.policy.model import BarpPolicy
 from barp_ray.training.loop import policy_spec
 from barp_ray.training.trainer import TrainOutcome, collect_outcome, run_config
-from barp_ray.training.worker import run_epochs, shard_columns, worker_setup
+from barp_ray.training.worker import run_epochs, worker_setup
 
 log = logging.getLogger(__name__)
 
 SELECT_METRIC = "val_ope_reward"
 
 
-def _shard_to_logged(iterator, models: list[str], scale: CostScale, encoder: str) -> LoggedBandit:
-    return LoggedBandit.from_columns(shard_columns(iterator), models, scale.tau, encoder, scale.floor)
-
-
 def offpolicy_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker: load the logged shard once, then importance-weighted REINFORCE epochs."""
-    import ray.train
+    """Ray Train worker: load its logged rows once, then importance-weighted REINFORCE epochs."""
+    import ray
     import ray.train.torch
 
     cfg = OffPolicyTrainConfig.model_validate(loop_config["train_config"])
@@ -42,12 +42,8 @@ def offpolicy_loop_per_worker(loop_config: dict) -> None:
     scale = CostScale(loop_config["tau"], loop_config.get("cost_floor"))  # the reward's cost scale
     rank, world, device = worker_setup(cfg)
 
-    train = LoggedTensors.from_logged(
-        _shard_to_logged(ray.train.get_dataset_shard("train"), models, scale, encoder), device
-    )
-    val = LoggedTensors.from_logged(
-        _shard_to_logged(ray.train.get_dataset_shard("val"), models, scale, encoder), device
-    )
+    train = LoggedTensors.from_logged(ray.get(loop_config["train_parts"][rank]), device)
+    val = LoggedTensors.from_logged(ray.get(loop_config["val_rows"]), device)
     spec = policy_spec(cfg, models, scale, encoder, train.embeddings.shape[1])
     policy = BarpPolicy(spec).to(device)
     if cfg.init_policy:
@@ -102,11 +98,15 @@ def load_training_rows(cfg: OffPolicyTrainConfig) -> tuple[LoggedBandit, LoggedB
 
 def build_offpolicy_trainer(cfg: OffPolicyTrainConfig, callbacks: list | None = None):
     """(TorchTrainer, context) for an off-policy run; context has models, tau and the log read report."""
-    import ray.data
-    from ray.train import DataConfig, ScalingConfig
+    import ray
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     train, val, context = load_training_rows(cfg)
+    if len(train) < cfg.num_workers:
+        raise ValueError(f"{len(train)} logged training rows for {cfg.num_workers} workers: use fewer workers")
+    # each worker's share, and the held-out rows every worker scores, in the object store (refs in the config)
+    train_parts = [ray.put(train.take(np.arange(rank, len(train), cfg.num_workers))) for rank in range(cfg.num_workers)]
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         offpolicy_loop_per_worker,
@@ -116,11 +116,11 @@ def build_offpolicy_trainer(cfg: OffPolicyTrainConfig, callbacks: list | None = 
             "encoder": context["encoder"],
             "tau": context["tau"],
             "cost_floor": context["cost_floor"],
+            "train_parts": train_parts,
+            "val_rows": ray.put(val),
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=run_config(cfg, callbacks, select_metric=SELECT_METRIC),
-        datasets={"train": ray.data.from_arrow(train.to_arrow()), "val": ray.data.from_arrow(val.to_arrow())},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     return trainer, context
 
