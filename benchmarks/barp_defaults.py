@@ -71,7 +71,7 @@ def run(
                     flush=True,
                 )
                 raw_path.write_text(json.dumps(runs, indent=1))
-    text = table_markdown(runs, [p.name for p in pools], list(variants))
+    text = table_markdown([r for r in runs if r["seed"] in seeds], [p.name for p in pools], list(variants))
     (out / "sweep.md").write_text(text + "\n")
     return text
 
