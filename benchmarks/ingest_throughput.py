@@ -2,8 +2,9 @@
 
 The REINFORCE step asks its data for `batch` rows at a time (`PolicyData.sample` in memory,
 `StreamingPolicyData.sample` streamed). This measures those calls alone, on one prepared or synthetic shard
-folder, for a fixed number of rows: (a) in memory, after materialising the split (the time to materialise is
-reported separately: it is a worker's time to first step), (b) streamed from Ray Data with the local shuffle
+folder, for a fixed number of rows: (a) in memory, after reading the split as a one-worker run does
+(`worker.read_train_table`, pyarrow; the time to read is reported separately: it is a worker's time to first
+step), (b) streamed from Ray Data with the local shuffle
 buffer, first chunk included. It is the input to the cluster projection in docs/cluster.md.
 
     barp synth-logs --rows 100000 --out runs/bench/synth-100k
@@ -19,20 +20,18 @@ import time
 import torch
 
 from barp_ray.data.shards import read_manifest, read_shards_ray
-from barp_ray.data.table import RoutingTable
 from barp_ray.ray_connect import connect
+from barp_ray.training.config import TrainConfig
 from barp_ray.training.ingest import TRAIN_COLUMNS, StreamingPolicyData
 from barp_ray.training.loop import PolicyData
-from barp_ray.training.worker import shard_columns
+from barp_ray.training.worker import read_train_table
 
 
 def measure(data: str, rows: int, batch: int, buffer_rows: int, chunk_rows: int) -> dict:
     manifest = read_manifest(data)
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
-    table = RoutingTable.from_columns(
-        shard_columns(read_shards_ray(data, split="train").iterator()), manifest["models"], manifest.get("encoder")
-    )
+    table = read_train_table(TrainConfig(data=data), manifest["models"], manifest.get("encoder"), rank=0, world=1)
     memory = PolicyData.from_table(table)
     materialise_s = time.perf_counter() - t0
     t0 = time.perf_counter()

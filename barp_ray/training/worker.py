@@ -10,7 +10,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from barp_ray.data.shards import read_split_columns
@@ -27,17 +26,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_STATE_FILE = "train_state.pt"
 RANK_STATE_FILE = "rng_rank{rank}.pt"  # each rank's sampling RNG state
-
-
-def shard_columns(iterator) -> dict[str, np.ndarray]:
-    """Materialise this worker's Ray Data shard (read once) as numpy columns."""
-    parts: dict[str, list] = {}
-    for batch in iterator.iter_batches(batch_size=4096, batch_format="numpy"):
-        for name, values in batch.items():
-            parts.setdefault(name, []).append(values)
-    if not parts:
-        raise ValueError("this worker's dataset shard is empty: use fewer workers or more data")
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 def process_memory_mb() -> dict[str, float]:
