@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from barp_ray.evaluation.evaluate import DEFAULT_BASELINES
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -87,6 +89,9 @@ def test_readme_commands_as_written(repo_root, ray_cluster, capsys):
             out = repo_root / "runs" / "demo"
             metrics = json.loads((out / "eval" / "metrics.json").read_text())
             assert len(metrics["routers"]["barp"]["points"]) == 11 and 0 <= metrics["routers"]["barp"]["aiq"] <= 1
+            # every baseline, those fitted in tasks of their own included, in the registry's order
+            listed = [name for name in metrics["routers"] if not name.startswith("single:")]
+            assert listed == ["barp", *(b for b in DEFAULT_BASELINES if b != "single")], listed
             seeds = json.loads((out / "eval" / "seeds.json").read_text())
             assert seeds["n"] == 2 and seeds["low"] <= seeds["mean"] <= seeds["high"]
             assert (out / "eval" / "loto_metrics.json").exists() and "== summary ==" in printed.out
