@@ -127,6 +127,18 @@ def test_pass_schedule_scales_with_the_training_set():
         cfg.for_data(0)
 
 
+def test_a_fixed_step_schedule_survives_yaml_and_dumps(tmp_path):
+    """steps_per_epoch without passes is a fixed schedule, also once written to YAML (a `--config` file, a Ray
+    Job) or dumped to a dict (a Tune trial, a Ray task) and read back: the default passes must not re-derive it."""
+    fixed = TrainConfig(steps_per_epoch=5, epochs=1)
+    assert fixed.passes is None and fixed.for_data(1500).steps_per_epoch == 5
+    fixed.to_yaml(tmp_path / "train.yaml")
+    assert TrainConfig.from_yaml(tmp_path / "train.yaml").for_data(1500).steps_per_epoch == 5
+    assert TrainConfig.model_validate(fixed.model_dump()).for_data(1500).steps_per_epoch == 5
+    both = TrainConfig(steps_per_epoch=5, passes=10, epochs=1, batch_size=100)  # passes given: passes wins
+    assert TrainConfig.model_validate(both.model_dump()).for_data(1500).steps_per_epoch == 150
+
+
 def test_in_process_training_is_deterministic_and_learns_the_switch():
     from barp_ray.training.bare import train_in_process
 

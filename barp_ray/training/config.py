@@ -6,7 +6,7 @@ import math
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from barp_ray.config import JobConfig, Location
 from barp_ray.objective import CostScale, CostScaleKind, PreferenceSampling, TauRule, build_cost_scale
@@ -131,6 +131,16 @@ class TrainConfig(JobConfig):
         description="validate on a seeded random subset of this many val rows when the split is larger (every "
         "worker holds its val rows: this bounds their memory at log scale); null: the whole split",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_steps_mean_no_passes(cls, data):
+        """`steps_per_epoch` given without `passes` fixes the schedule in steps: store that as `passes: null`,
+        so that the config written to YAML (or sent to a Tune trial or a Ray task) keeps its meaning when read
+        back, instead of the default `passes` re-deriving the steps."""
+        if isinstance(data, dict) and "steps_per_epoch" in data and "passes" not in data:
+            data = {**data, "passes": None}
+        return data
 
     @property
     def total_steps(self) -> int:
