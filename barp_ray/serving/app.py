@@ -66,6 +66,7 @@ def build_app(args: dict | ServeAppConfig | None = None) -> Application:
         ray_actor_options={"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
         graceful_shutdown_timeout_s=cfg.shutdown_timeout_s(),  # covers the stream deadline + the final flush
         health_check_period_s=r.health_check_period_s,
+        health_check_timeout_s=r.health_check_timeout_s,
         # the policy rollout channel: a Serve config that changes only this (`barp rollout`, or a
         # `deployments: [{name: BarpRouter, user_config: {policy: ...}}]` entry) reconfigures the running
         # replicas in place; see barp_ray/serving/rollout.py

@@ -215,7 +215,17 @@ class RouterDeploymentConfig(_Strict):
         "and flush its decision log before Serve kills it; None: the longest upstream stream_deadline_s plus "
         "decision_log.close_timeout_s. A smaller value is refused (decisions of cut streams would be lost)",
     )
-    health_check_period_s: float = Field(default=10.0, gt=0)
+    health_check_period_s: float = Field(
+        default=10.0, gt=0, description="how often Serve calls each router replica's health check"
+    )
+    health_check_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a health check unanswered this long counts as failed; after 3 failures in a row Serve "
+        "replaces the replica. A replica process that got SIGTERM from outside Serve stops answering but is "
+        "only replaced this way (Ray keeps the async actor's process alive, ray-project/ray#50004): lower it "
+        "to replace such replicas sooner (~3 x (period + timeout))",
+    )
     torch_threads: int | None = Field(
         default=None,
         ge=1,

@@ -57,7 +57,15 @@ def durable_app(serve_port, tiny_policy, tmp_path_factory):
         "policy": str(tiny_policy.policy_dir),
         "calibration": str(tiny_policy.calibration),
         "upstreams": openai_upstreams(tiny_policy.models, upstream),
-        "router": {"min_replicas": 2, "max_replicas": 2, "num_cpus": 0.25, "max_ongoing_requests": 64},
+        "router": {
+            "min_replicas": 2,
+            "max_replicas": 2,
+            "num_cpus": 0.25,
+            "max_ongoing_requests": 64,
+            # the SIGTERMed replica stops answering and is replaced after 3 failed checks: ~30 s, not ~70 s
+            "health_check_period_s": 2,
+            "health_check_timeout_s": 8,
+        },
         "batching": {"enabled": True, "max_batch_size": 8, "batch_wait_timeout_s": 0.005},
         "auth": {"enabled": True, "api_keys_env": None, "api_keys_file": str(keys)},
         "decision_log": {
