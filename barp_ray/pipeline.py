@@ -13,7 +13,8 @@ from barp_ray.config import JobConfig, LocalPath, default_data_dir
 from barp_ray.data.prepare import PrepareConfig, prepare_from_config
 from barp_ray.data.shards import read_manifest, read_shards
 from barp_ray.embeddings.job import EmbedConfig, run_embed
-from barp_ray.evaluation.evaluate import DEFAULT_BASELINES, EvaluationResult
+from barp_ray.evaluation.barp_router import BarpRouter
+from barp_ray.evaluation.evaluate import DEFAULT_BASELINES, EvaluationResult, build_baselines, evaluate_routers
 from barp_ray.evaluation.job import EvaluateConfig, _validation_markdown, evaluate_policy
 from barp_ray.evaluation.report import write_report
 from barp_ray.training.config import TrainConfig
@@ -196,9 +197,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
 
 def _evaluate_seed(policy, train, test, seed: int, with_baselines: bool) -> dict:
     """metrics.json dict of one seed: its BaRP policy (+ the learned baselines fitted with this seed)."""
-    from barp_ray.evaluation.barp_router import BarpRouter
-    from barp_ray.evaluation.evaluate import build_baselines, evaluate_routers
-
     router = BarpRouter(policy)
     router.fit(train, policy.spec.cost_scale)
     routers = {"barp": router}
@@ -221,8 +219,6 @@ SLOW_BASELINES = ("eps_greedy", "linucb", "lin_ts")
 
 def _evaluate_baseline(name: str, train, test, scale, seed: int) -> EvaluationResult:
     """One baseline fitted on `train` and routed over `test` (its `EvaluationResult` holds only it)."""
-    from barp_ray.evaluation.evaluate import build_baselines, evaluate_routers
-
     return evaluate_routers(build_baselines(train, scale, seed=seed, include=(name,)), test)
 
 
