@@ -101,12 +101,12 @@ class CountingUpstream:
         self.thread.join(10)
 
 
-def openai_upstreams(models: list[str], upstream: CountingUpstream) -> list[dict]:
+def openai_upstreams(models: list[str], upstream: CountingUpstream, stream_deadline_s: float = 60) -> list[dict]:
     return [
         {
             "model": m,
             "kind": "openai",
-            "stream_deadline_s": 60,
+            "stream_deadline_s": stream_deadline_s,
             "openai": {
                 "base_url": upstream.base_url,
                 "model_name": m,

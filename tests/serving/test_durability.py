@@ -56,7 +56,9 @@ def durable_app(serve_port, tiny_policy, tmp_path_factory):
         "name": "barp",
         "policy": str(tiny_policy.policy_dir),
         "calibration": str(tiny_policy.calibration),
-        "upstreams": openai_upstreams(tiny_policy.models, upstream),
+        # streams of ~1.2 s: a 10 s deadline keeps the drain (graceful_shutdown_timeout_s = deadline + the log's
+        # close_timeout_s) at 15 s; Serve waits that long before it kills the SIGTERMed, unanswering replica
+        "upstreams": openai_upstreams(tiny_policy.models, upstream, stream_deadline_s=10),
         "router": {
             "min_replicas": 2,
             "max_replicas": 2,
@@ -72,7 +74,7 @@ def durable_app(serve_port, tiny_policy, tmp_path_factory):
             "path": str(root / "decision-log"),
             "flush_interval_s": FLUSH_INTERVAL_S,
             "flush_rows": 100_000,
-            "close_timeout_s": 10,
+            "close_timeout_s": 5,
         },
     }
     base_url = deploy(APP, PREFIX, args, serve_port)
