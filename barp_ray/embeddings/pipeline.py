@@ -101,7 +101,11 @@ def embed_prompts_ray(
     import ray
 
     hashes = [prompt_hash(p) for p in prompts]
-    ds = ray.data.from_items([{"prompt_hash": h, "prompt": p} for h, p in zip(hashes, prompts, strict=True)])
+    # longest first, as in-process `encode` batches: a batch holds prompts of similar length (little padding)
+    # and prompts whose truncated tokens are identical (few-shot prefixes) meet in one batch, where the ONNX
+    # encoder runs them once; the output is reassembled by hash, so the order is free
+    by_length = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    ds = ray.data.from_items([{"prompt_hash": hashes[i], "prompt": prompts[i]} for i in by_length])
     with warnings.catch_warnings():
         # max_restarts has no named map_batches parameter in Ray 2.60 (only the deprecated **ray_remote_args)
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
