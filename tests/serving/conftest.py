@@ -47,7 +47,8 @@ class TinyPolicy:
 
 @pytest.fixture(scope="session")
 def tiny_policy(routerbench_dir, tmp_path_factory) -> TinyPolicy:
-    """A real BaRP policy: MiniLM embeddings of 48 RouterBench prompts, REINFORCE for 400 steps (seconds)."""
+    """A real BaRP policy: MiniLM (ONNX fp32, 128 tokens) embeddings of 48 RouterBench prompts, REINFORCE for 400
+    steps (seconds)."""
     import torch
 
     torch.set_num_threads(1)  # 2 OpenMP threads on a busy 2-core machine are ~50x slower for this tiny MLP
@@ -55,7 +56,7 @@ def tiny_policy(routerbench_dir, tmp_path_factory) -> TinyPolicy:
     from barp_ray.data.readers import load_raw
     from barp_ray.data.shards import write_shards
     from barp_ray.data.validation import validate
-    from barp_ray.embeddings.encoder import DEFAULT_ENCODER, encode, load_encoder
+    from barp_ray.embeddings.encoder import DEFAULT_ENCODER, EncoderSpec, encode, load_encoder
     from barp_ray.policy.checkpoint import save_policy
     from barp_ray.policy.model import BarpPolicy, preference_tensor
     from barp_ray.serving.calibration import calibrate
@@ -72,9 +73,13 @@ def tiny_policy(routerbench_dir, tmp_path_factory) -> TinyPolicy:
         rows += rng.choice(idx, size=min(PROMPTS_PER_TASK, len(idx)), replace=False).tolist()
     table = table.take(np.array(sorted(rows)))
     torch.manual_seed(0)
-    encoder = load_encoder(DEFAULT_ENCODER)
+    # ONNX Runtime fp32 at 128 tokens: a router replica loads and runs it several times faster than torch at
+    # 256, and unlike the int8 default its embeddings do not depend on the batch (test_rollout.py compares
+    # served probabilities with in-process ones to 2e-3)
+    spec = EncoderSpec(DEFAULT_ENCODER, "onnx", 128).resolved()
+    encoder = load_encoder(spec)
     table.embeddings = encode(encoder, table.prompts)
-    table.encoder = DEFAULT_ENCODER
+    table.encoder = spec.id
 
     cfg = TrainConfig(
         epochs=1,
@@ -88,7 +93,7 @@ def tiny_policy(routerbench_dir, tmp_path_factory) -> TinyPolicy:
         samples_per_prompt=4,
     )
     tau = TEST_TAU  # below gpt-4's mean cost so that the cheap models' cost differences matter
-    policy = BarpPolicy(policy_spec(cfg, table.models, tau, DEFAULT_ENCODER, table.embeddings.shape[1]))
+    policy = BarpPolicy(policy_spec(cfg, table.models, tau, spec.id, table.embeddings.shape[1]))
     learner = ReinforceLearner(policy, cfg, tau, batch_size=cfg.batch_size, seed=0)
     data = PolicyData.from_table(table)
     for _ in range(cfg.total_steps):
