@@ -13,12 +13,12 @@ path is also reported with its load) and steady state, the marginal rate of a fu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from serve_common import write_results
 
 from barp_ray.data.shards import read_shards
 from barp_ray.embeddings.encoder import EncoderSpec, encode, load_encoder
@@ -99,11 +99,7 @@ def main() -> None:
         f"max |difference| between the two embeddings: {same:.2e}."
     )
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"embed_throughput_{spec.backend}_{spec.max_seq_length}"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    (out / f"{stem}.md").write_text(text + "\n")
+    write_results(Path(args.out), f"embed_throughput_{spec.backend}_{spec.max_seq_length}", res, text + "\n")
 
 
 if __name__ == "__main__":

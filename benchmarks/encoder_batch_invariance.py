@@ -14,10 +14,10 @@ grid that change between the ways, on that policy's own variant.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+from serve_common import write_results
 
 from barp_ray.data.shards import read_shards
 from barp_ray.embeddings.encoder import BACKENDS, EncoderSpec, encode, load_encoder
@@ -103,10 +103,7 @@ def main() -> None:
             )
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "encoder_batch_invariance.json").write_text(json.dumps(rows, indent=2))
-    (out / "encoder_batch_invariance.md").write_text(text + "\n")
+    write_results(Path(args.out), "encoder_batch_invariance", {"variants": rows}, text + "\n")
 
 
 if __name__ == "__main__":

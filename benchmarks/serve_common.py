@@ -1,4 +1,5 @@
-"""Shared pieces of the Serve benchmarks: a local Ray + Serve on a free loopback port, prompts, load, output.
+"""Shared pieces of the Serve benchmarks: a local Ray + Serve on a free loopback port, prompts, load, output
+(`write_results`, the JSON + markdown pair every benchmark here writes).
 
 Not a benchmark itself; see serve_latency.py and serve_autoscale.py.
 """

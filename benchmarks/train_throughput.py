@@ -11,7 +11,6 @@ workers report per epoch (step time only); time to first epoch is from `fit()` t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from serve_common import write_results
 
 from barp_ray.data.shards import read_manifest, read_shards
 from barp_ray.policy.model import BarpPolicy
@@ -126,11 +126,8 @@ def main() -> None:
     results["ratio_1_worker_vs_bare"] = ratio
     text = "\n".join(md)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.json").write_text(json.dumps(results, indent=2))
-    (out / "train_throughput.md").write_text(text + "\n")
-    print(f"wrote {out / 'train_throughput.md'}")
+    _, md_path = write_results(Path(args.out), "train_throughput", results, text + "\n")
+    print(f"wrote {md_path}")
 
 
 if __name__ == "__main__":
