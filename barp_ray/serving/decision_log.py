@@ -22,11 +22,9 @@ is durable); `close()` flushes everything (also run at interpreter exit, e.g. on
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -34,11 +32,11 @@ import weakref
 from collections import OrderedDict
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from barp_ray import storage
+from barp_ray.serving.feedback_commit import FeedbackCommitter, LogUnavailable  # noqa: F401 (re-exported)
 from barp_ray.serving.log_store import (  # noqa: F401 (re-exported: the log's public names live here too)
     DECISION_SCHEMA,
     DECISIONS_DIR,
@@ -52,6 +50,7 @@ from barp_ray.serving.log_store import (  # noqa: F401 (re-exported: the log's p
     read_decision_log,
     read_decisions,
     read_feedback,
+    read_id_rows,
     read_policies,
     row_bytes,
     to_table,
@@ -61,15 +60,6 @@ from barp_ray.serving.log_store import (  # noqa: F401 (re-exported: the log's p
 logger = logging.getLogger(__name__)
 
 ANY_KEY = object()  # get()/exists(): no key filter (operators, tests)
-
-
-class LogUnavailable(RuntimeError):
-    """The store did not accept a write that had to be durable (feedback): the caller should answer 503."""
-
-
-def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, root path) for a local folder or a URI (kept for callers of the old helper)."""
-    return storage.resolve(uri)
 
 
 class DecisionLog:
@@ -111,10 +101,9 @@ class DecisionLog:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._seq = 0
-        self._pending: list[tuple[dict, asyncio.Future]] = []  # group commit of feedback
-        self._commit_task: asyncio.Task | None = None
+        self._committer = FeedbackCommitter(self.write_feedback, feedback_window_s)
         self.dropped = self.dropped_bytes = self.written = self.feedback_written = 0
-        self.write_errors = self.feedback_commits = 0
+        self.write_errors = 0
         self.last_error: str | None = None
         self.fs: pafs.FileSystem | None = None
         self.root = ""
@@ -340,32 +329,11 @@ class DecisionLog:
 
         Concurrent callers within `feedback_window_s` (and all that arrive while a write runs) share one file.
         """
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append((row, future))
-        if self._commit_task is None or self._commit_task.done():
-            self._commit_task = loop.create_task(self._commit_loop())
-        await future
+        await self._committer.commit(row)
 
-    async def _commit_loop(self) -> None:
-        await asyncio.sleep(self.feedback_window_s)
-        while self._pending:
-            batch, self._pending = self._pending, []
-            rows = [r for r, _ in batch]
-            try:
-                await asyncio.to_thread(self.write_feedback, rows)
-                self.feedback_commits += 1
-                error = None
-            except Exception as exc:  # noqa: BLE001
-                error = LogUnavailable(
-                    f"feedback not recorded: the decision log store failed ({type(exc).__name__}); retry later"
-                )
-            for _, future in batch:
-                if not future.done():
-                    if error is None:
-                        future.set_result(None)
-                    else:
-                        future.set_exception(error)
+    @property
+    def feedback_commits(self) -> int:
+        return self._committer.commits
 
     # ---- policies --------------------------------------------------------------------------------
     def write_policy(self, version: str, spec: dict) -> bool:
@@ -430,21 +398,6 @@ class DecisionLog:
         return rows[0] if rows else None
 
     def _read(self, sub: str, decision_id: str, schema: pa.Schema, files: list[str] | None = None) -> pa.Table:
-        ms = decision_ms(decision_id)
         if self.fs is None and not self._connect():
             raise OSError(self.last_error or f"{self.uri}: store unavailable")
-        if files is None:
-            folder = f"{self.root}/{sub}/{partition_of(ms)}"
-            infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-            files = []
-            for info in infos:
-                name = info.path.rsplit("/", 1)[-1]
-                if info.type != pafs.FileType.File or not name.startswith("part-"):
-                    continue
-                lo, hi = name.split("-")[1:3]
-                if ms is None or int(lo) <= ms <= int(hi):
-                    files.append(info.path)
-        if not files:
-            return schema.empty_table()
-        dataset = ds.dataset(files, filesystem=self.fs, format="parquet", schema=schema)
-        return dataset.to_table(filter=ds.field("decision_id") == decision_id)
+        return read_id_rows(self.fs, self.root, sub, decision_id, schema, files)

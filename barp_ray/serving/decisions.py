@@ -20,7 +20,7 @@ import numpy as np
 
 from barp_ray.data.table import prompt_hash
 from barp_ray.serving.config_sections import DecisionLogConfig, ExplorationConfig, UpstreamConfig
-from barp_ray.serving.decision_log import DecisionLog, decision_ms, new_decision_id, utcnow
+from barp_ray.serving.decision_log import DecisionLog, LogUnavailable, decision_ms, new_decision_id, utcnow
 from barp_ray.serving.engine import Choice, choose
 from barp_ray.serving.policy_slot import ActivePolicy
 from barp_ray.serving.preferences import ResolvedPreference, budget_met
@@ -313,3 +313,40 @@ def unknown_decision(decision_id: str) -> ApiError:
     return ApiError(
         404, f"decision_id: no decision {decision_id} for this API key", param="decision_id", code="not_found"
     )
+
+
+def log_disabled() -> ApiError:
+    """The 409 of a feedback or lookup call on a router whose decision log is off."""
+    return ApiError(
+        409, "decision_id: the decision log is disabled on this router", param="decision_id", code="log_disabled"
+    )
+
+
+async def record_feedback(log: DecisionLog | None, body, key: str | None, replica: str, lc: DecisionLogConfig) -> dict:
+    """Record one /v1/feedback body (a FeedbackRequest) for `key`'s decision; the endpoint's JSON answer.
+
+    With `lc.feedback_sync` the row is group-committed and in the store before this returns (else a 503);
+    otherwise it is buffered with the decisions (at most flush_interval_s late; lost if the replica crashes).
+    """
+    if log is None:
+        raise log_disabled()
+    if not await lookup(log.exists, body.decision_id, key, lc.flush_interval_s):
+        raise unknown_decision(body.decision_id)
+    row = {
+        "decision_id": body.decision_id,
+        "score": body.score,
+        "comment": body.comment,
+        "recorded_at": utcnow(),
+        "replica": replica,
+        "key_hash": key,
+    }
+    if lc.feedback_sync:
+        try:
+            await log.commit_feedback(row)
+        except LogUnavailable as exc:
+            raise ApiError(
+                503, str(exc), code="log_unavailable", type_="server_error", headers={"Retry-After": "5"}
+            ) from None
+    else:
+        log.append_feedback(row)
+    return {"decision_id": body.decision_id, "score": body.score, "recorded": True, "durable": lc.feedback_sync}

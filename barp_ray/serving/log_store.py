@@ -128,6 +128,28 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
+def read_id_rows(
+    fs: pafs.FileSystem, root: str, sub: str, decision_id: str, schema: pa.Schema, files: list[str] | None = None
+) -> pa.Table:
+    """The rows of one decision id under `root/sub`: reads only `files`, else the files of the id's hour whose
+    id-time range (in their names) covers it."""
+    ms = decision_ms(decision_id)
+    if files is None:
+        folder = f"{root}/{sub}/{partition_of(ms)}"
+        files = []
+        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            name = info.path.rsplit("/", 1)[-1]
+            if info.type != pafs.FileType.File or not name.startswith("part-"):
+                continue
+            lo, hi = name.split("-")[1:3]
+            if ms is None or int(lo) <= ms <= int(hi):
+                files.append(info.path)
+    if not files:
+        return schema.empty_table()
+    dataset = ds.dataset(files, filesystem=fs, format="parquet", schema=schema)
+    return dataset.to_table(filter=ds.field("decision_id") == decision_id)
+
+
 # ---- reading the whole log (off-policy training, reports) ------------------------------------------------
 def _read_dir(uri: str, sub: str, schema: pa.Schema, filter_expr=None) -> pa.Table:
     fs, root = storage.resolve(uri)

@@ -31,7 +31,6 @@ from barp_ray.serving import decisions
 from barp_ray.serving import openai_format as oai
 from barp_ray.serving.batching import ForwardCoalescer, PolicyForward
 from barp_ray.serving.config import ServeAppConfig
-from barp_ray.serving.decision_log import LogUnavailable, utcnow
 from barp_ray.serving.decisions import Decision, MeanCosts, decision_info, decision_json
 from barp_ray.serving.fallback import UpstreamCaller, all_failed, short_error
 from barp_ray.serving.guards import Admission, RateLimiter
@@ -339,34 +338,7 @@ class BarpRouter:
                 f"comment: {len(body.comment)} characters, over the limit of {self.cfg.limits.max_comment_chars}",
                 param="comment",
             )
-        if self.log is None:
-            raise ApiError(
-                409,
-                "decision_id: the decision log is disabled on this router",
-                param="decision_id",
-                code="log_disabled",
-            )
-        if not await decisions.lookup(self.log.exists, body.decision_id, key, self.cfg.decision_log.flush_interval_s):
-            raise decisions.unknown_decision(body.decision_id)
-        row = {
-            "decision_id": body.decision_id,
-            "score": body.score,
-            "comment": body.comment,
-            "recorded_at": utcnow(),
-            "replica": self.replica,
-            "key_hash": key,
-        }
-        durable = self.cfg.decision_log.feedback_sync
-        if durable:  # group commit: one file for all feedback of the window, in the store before the 200
-            try:
-                await self.log.commit_feedback(row)
-            except LogUnavailable as exc:
-                raise ApiError(
-                    503, str(exc), code="log_unavailable", type_="server_error", headers={"Retry-After": "5"}
-                ) from None
-        else:  # buffered with the decisions (at most flush_interval_s late; lost if the replica crashes)
-            self.log.append_feedback(row)
-        return {"decision_id": body.decision_id, "score": body.score, "recorded": True, "durable": durable}
+        return await decisions.record_feedback(self.log, body, key, self.replica, self.cfg.decision_log)
 
     @app.get("/v1/decisions/{decision_id}")
     @counts_rejections
@@ -375,7 +347,7 @@ class BarpRouter:
         if not re.match(DECISION_ID_PATTERN, decision_id):
             raise ApiError(400, "decision_id: expected 32 lowercase hex digits", param="decision_id")
         if self.log is None:
-            raise ApiError(409, "decision_id: the decision log is disabled on this router", param="decision_id")
+            raise decisions.log_disabled()
         row = await decisions.lookup(self.log.get, decision_id, key, self.cfg.decision_log.flush_interval_s)
         if row is None:
             raise decisions.unknown_decision(decision_id)

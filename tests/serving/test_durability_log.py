@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from barp_ray.serving.decision_log import (
@@ -204,3 +206,62 @@ def test_decision_log_on_s3(tmp_path):
         got = other.get(a, key_id("k1"))
         assert got["feedback_score"] == 0.7 and other.get(a, key_id("other")) is None
         assert read_policies(uri) == {"v1": {"models": ["m0"]}} and len(read_decision_log(uri)) == 1
+
+
+# ---- round trips, file URIs, a row bound ----------------------------------------------------------------
+def _numbered_row(i: int) -> dict:
+    """A chat decision with id i (32 hex digits), logged without an API key."""
+    return {**_row(f"{i:032x}", key=None, prompt=f"prompt {i}"), "endpoint": "chat", "status": "ok", "cost_usd": 0.001}
+
+
+def test_decision_log_roundtrip_and_feedback_join(tmp_path):
+    log = DecisionLog(str(tmp_path / "log"), writer="r1", flush_rows=2, flush_interval_s=60)
+    log.write_policy("v1", {"models": ["m0", "m1"]})
+    log.append(_numbered_row(1))
+    assert not log.due()
+    log.append(_numbered_row(2))
+    assert log.due() and log.flush() == 2 and log.buffered == 0
+    other = DecisionLog(str(tmp_path / "log"), writer="r2")  # a second replica appends beside it
+    other.append(_numbered_row(3))
+    other.append_feedback({"decision_id": f"{3:032x}", "score": 0.5, "comment": None, "recorded_at": utcnow()})
+    assert other.buffered == 2
+    other.flush()
+    assert other.buffered == 0
+    log.write_feedback([{"decision_id": f"{1:032x}", "score": 0.2, "comment": None, "recorded_at": utcnow()}])
+    log.write_feedback([{"decision_id": f"{1:032x}", "score": 0.9, "comment": "later", "recorded_at": utcnow()}])
+    frame = read_decision_log(tmp_path / "log").set_index("decision_id")
+    assert len(frame) == 3
+    first = frame.loc[f"{1:032x}"]
+    assert first["feedback_score"] == 0.9 and first["feedback_count"] == 2 and first["feedback_comment"] == "later"
+    assert np.isnan(frame.loc[f"{2:032x}"]["feedback_score"]) and frame.loc[f"{2:032x}"]["feedback_count"] == 0
+    assert list(frame.loc[f"{3:032x}"]["probabilities"]) == pytest.approx([0.4, 0.6])
+    assert read_policies(tmp_path / "log") == {"v1": {"models": ["m0", "m1"]}}
+    assert frame.loc[f"{3:032x}"]["feedback_score"] == 0.5  # buffered feedback, written by flush
+    assert len(read_decisions(tmp_path / "log", f"{2:032x}")) == 1 and len(read_feedback(tmp_path / "log")) == 3
+    files = list((tmp_path / "log" / "decisions").rglob("*.parquet"))
+    assert len(files) == 2 and not list((tmp_path / "log" / "decisions").rglob(".tmp-*"))
+    assert pq.read_schema(files[0]).field("decided_at").type.tz == "UTC"
+
+
+def test_decision_log_without_feedback_and_via_file_uri(tmp_path):
+    log = DecisionLog(f"file://{tmp_path}/log2")
+    log.append(_numbered_row(7))
+    log.flush()
+    frame = read_decision_log(f"file://{tmp_path}/log2")
+    assert len(frame) == 1 and frame["feedback_count"].tolist() == [0]
+    assert read_decision_log(tmp_path / "empty").empty
+
+
+def test_decision_log_is_bounded_and_survives_a_failing_store(tmp_path):
+    log = DecisionLog(str(tmp_path / "log"), flush_rows=1000, max_buffer_rows=5)
+    for i in range(8):
+        log.append(_numbered_row(i))
+    assert log.buffered == 5 and log.dropped == 3
+    decisions = tmp_path / "log" / "decisions"
+    decisions.rmdir()
+    decisions.write_text("not a folder")  # the store fails
+    assert log.flush() == 0 and log.buffered == 5  # rows kept for the next try
+    decisions.unlink()
+    decisions.mkdir()
+    assert log.flush() == 5
+    assert sorted(read_decisions(tmp_path / "log")["decision_id"].to_pylist()) == [f"{i:032x}" for i in range(3, 8)]

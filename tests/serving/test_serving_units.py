@@ -1,4 +1,7 @@
-"""Serving pieces without Ray Serve: config, choice rule, decision log, calibration, replay backend, CLI."""
+"""Serving pieces without Ray Serve: config, choice rule, calibration, replay backend, CLI.
+
+The decision log has its own file: test_durability_log.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -15,14 +17,6 @@ from pydantic import ValidationError
 from barp_ray.serving.calibration import Calibration, CalibrationRow, calibrate_from_shards
 from barp_ray.serving.config import ServeAppConfig, config_from_args, deployment_name
 from barp_ray.serving.config_sections import Budget, Preference
-from barp_ray.serving.decision_log import (
-    DecisionLog,
-    read_decision_log,
-    read_decisions,
-    read_feedback,
-    read_policies,
-    utcnow,
-)
 from barp_ray.serving.engine import choose
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,81 +116,6 @@ def test_choose_sample_and_epsilon_propensities():
     assert all(p.propensity == pytest.approx(expected[p.index]) for p in eps)
     never = [choose(np.array([0.0, 1.0]), "epsilon", epsilon=1.0, rng=rng).index for _ in range(100)]
     assert set(never) == {1}  # a model without an upstream (probability 0) is never explored
-
-
-# ---- decision log -----------------------------------------------------------------------------------------
-def _row(i: int, **extra) -> dict:
-    return {
-        "decision_id": f"{i:032x}",
-        "decided_at": utcnow(),
-        "endpoint": "chat",
-        "prompt_id": f"p{i}",
-        "prompt_hash": f"{i:016x}",
-        "prompt": f"prompt {i}",
-        "w_cost": 0.25,
-        "chosen_model": "m1",
-        "chosen_index": 1,
-        "probability": 0.6,
-        "propensity": 1.0,
-        "probabilities": [0.4, 0.6],
-        "policy_version": "v1",
-        "status": "ok",
-        "cost_usd": 0.001,
-        **extra,
-    }
-
-
-def test_decision_log_roundtrip_and_feedback_join(tmp_path):
-    log = DecisionLog(str(tmp_path / "log"), writer="r1", flush_rows=2, flush_interval_s=60)
-    log.write_policy("v1", {"models": ["m0", "m1"]})
-    log.append(_row(1))
-    assert not log.due()
-    log.append(_row(2))
-    assert log.due() and log.flush() == 2 and log.buffered == 0
-    other = DecisionLog(str(tmp_path / "log"), writer="r2")  # a second replica appends beside it
-    other.append(_row(3))
-    other.append_feedback({"decision_id": f"{3:032x}", "score": 0.5, "comment": None, "recorded_at": utcnow()})
-    assert other.buffered == 2
-    other.flush()
-    assert other.buffered == 0
-    log.write_feedback([{"decision_id": f"{1:032x}", "score": 0.2, "comment": None, "recorded_at": utcnow()}])
-    log.write_feedback([{"decision_id": f"{1:032x}", "score": 0.9, "comment": "later", "recorded_at": utcnow()}])
-    frame = read_decision_log(tmp_path / "log").set_index("decision_id")
-    assert len(frame) == 3
-    first = frame.loc[f"{1:032x}"]
-    assert first["feedback_score"] == 0.9 and first["feedback_count"] == 2 and first["feedback_comment"] == "later"
-    assert np.isnan(frame.loc[f"{2:032x}"]["feedback_score"]) and frame.loc[f"{2:032x}"]["feedback_count"] == 0
-    assert list(frame.loc[f"{3:032x}"]["probabilities"]) == pytest.approx([0.4, 0.6])
-    assert read_policies(tmp_path / "log") == {"v1": {"models": ["m0", "m1"]}}
-    assert frame.loc[f"{3:032x}"]["feedback_score"] == 0.5  # buffered feedback, written by flush
-    assert len(read_decisions(tmp_path / "log", f"{2:032x}")) == 1 and len(read_feedback(tmp_path / "log")) == 3
-    files = list((tmp_path / "log" / "decisions").rglob("*.parquet"))
-    assert len(files) == 2 and not list((tmp_path / "log" / "decisions").rglob(".tmp-*"))
-    assert pq.read_schema(files[0]).field("decided_at").type.tz == "UTC"
-
-
-def test_decision_log_without_feedback_and_via_file_uri(tmp_path):
-    log = DecisionLog(f"file://{tmp_path}/log2")
-    log.append(_row(7))
-    log.flush()
-    frame = read_decision_log(f"file://{tmp_path}/log2")
-    assert len(frame) == 1 and frame["feedback_count"].tolist() == [0]
-    assert read_decision_log(tmp_path / "empty").empty
-
-
-def test_decision_log_is_bounded_and_survives_a_failing_store(tmp_path):
-    log = DecisionLog(str(tmp_path / "log"), flush_rows=1000, max_buffer_rows=5)
-    for i in range(8):
-        log.append(_row(i))
-    assert log.buffered == 5 and log.dropped == 3
-    decisions = tmp_path / "log" / "decisions"
-    decisions.rmdir()
-    decisions.write_text("not a folder")  # the store fails
-    assert log.flush() == 0 and log.buffered == 5  # rows kept for the next try
-    decisions.unlink()
-    decisions.mkdir()
-    assert log.flush() == 5
-    assert sorted(read_decisions(tmp_path / "log")["decision_id"].to_pylist()) == [f"{i:032x}" for i in range(3, 8)]
 
 
 # ---- calibration ------------------------------------------------------------------------------------------
