@@ -170,6 +170,30 @@ def test_early_stopping_keeps_the_best_validation_epoch():
         assert out.best["epoch"] == len(out.history) - 1 - cfg.patience
 
 
+def test_refit_replays_the_selected_schedule_on_train_plus_val():
+    """`refit`: the exported policy is a fresh one trained on train + val for the selected epochs (same passes
+    per epoch, so more steps on more rows), deterministic, and it still solves the toy; validation metrics
+    stay the selection run's."""
+    from barp_ray.data.table import RoutingTable
+    from barp_ray.training.bare import refit_in_process, train_in_process
+
+    train, val = _toy_tables()
+    cfg = TrainConfig(passes=200, epochs=5, batch_size=64, lr=3e-3, hidden_dim=32, pref_dim=8, seed=3)
+    selected = train_in_process(cfg, train, val, scale=0.01)
+    refit = train_in_process(cfg.model_copy(update={"refit": True}), train, val, scale=0.01)
+    assert refit.best == selected.best and refit.history == selected.history
+    again = refit_in_process(cfg, RoutingTable.concat([train, val]), selected.best["epoch"] + 1, selected.scale)
+    for (ka, va), (kb, vb) in zip(refit.policy.state_dict().items(), again.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(refit.policy.state_dict().values(), selected.policy.state_dict().values(), strict=True)
+    )
+    x = torch.as_tensor(val.embeddings)
+    assert (refit.policy.act(x, preference_tensor(0.0, len(x))) == 0).float().mean() > 0.9
+    assert (refit.policy.act(x, preference_tensor(1.0, len(x))) == 1).float().mean() > 0.9
+
+
 def test_rescalarised_preferences_keep_the_toy_solution():
     train, _ = _toy_tables()
     from barp_ray.training.loop import PolicyData as PD
@@ -185,3 +209,41 @@ def test_rescalarised_preferences_keep_the_toy_solution():
     x = data.embeddings
     assert (policy.act(x, preference_tensor(0.0, len(x))) == 0).float().mean() > 0.95
     assert (policy.act(x, preference_tensor(1.0, len(x))) == 1).float().mean() > 0.95
+
+
+def test_weight_average_is_the_ema_of_the_steps_and_survives_a_checkpoint():
+    """`ema_epochs`: decay 1 - 1 / (ema_epochs * steps_per_epoch); the first step copies the weights, each later
+    one blends them in; `judged_policy` is the average (the live policy keeps training); state round-trips."""
+    from barp_ray.training.optim import PolicyOptimizer
+
+    torch.manual_seed(0)
+    policy = torch.nn.Linear(3, 2)
+    cfg = TrainConfig(ema_epochs=1.0, steps_per_epoch=4, passes=None, lr=0.1)  # decay 0.75
+    opt = PolicyOptimizer(policy, cfg, seed=0)
+    x = torch.randn(8, 3)
+    snapshots = []
+    for _ in range(3):
+        opt.apply(policy(x).pow(2).mean())
+        snapshots.append({k: v.clone() for k, v in policy.state_dict().items()})
+    for name, value in opt.judged_policy.state_dict().items():
+        want = 0.75 * (0.75 * snapshots[0][name] + 0.25 * snapshots[1][name]) + 0.25 * snapshots[2][name]
+        assert torch.allclose(value, want, atol=1e-6), name
+        assert not torch.equal(value, snapshots[2][name])  # not the live weights
+    restored = PolicyOptimizer(torch.nn.Linear(3, 2), cfg, seed=0)
+    restored.load_state_dict(opt.state_dict())
+    for a, b in zip(restored.judged_policy.state_dict().values(), opt.judged_policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert PolicyOptimizer(policy, TrainConfig(ema_epochs=None), seed=0).judged_policy is policy  # off: live weights
+
+
+def test_in_process_training_with_the_weight_average_still_learns_the_switch():
+    from barp_ray.training.bare import train_in_process
+
+    train, val = _toy_tables()
+    cfg = TrainConfig(passes=200, epochs=5, batch_size=64, lr=3e-3, hidden_dim=32, pref_dim=8, seed=3, ema_epochs=1.0)
+    out = train_in_process(cfg, train, val, scale=0.01)
+    x = torch.as_tensor(val.embeddings)
+    assert (out.policy.act(x, preference_tensor(0.0, len(x))) == 0).float().mean() > 0.9
+    assert (out.policy.act(x, preference_tensor(1.0, len(x))) == 1).float().mean() > 0.9
+    plain = train_in_process(cfg.model_copy(update={"ema_epochs": None}), train, val, scale=0.01)  # live weights
+    assert [h["val_reward"] for h in out.history] != [h["val_reward"] for h in plain.history]

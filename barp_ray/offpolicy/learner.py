@@ -121,6 +121,11 @@ class OffPolicyLearner:
     def step_count(self) -> int:
         return self.optim.step_count
 
+    @property
+    def judged_policy(self) -> nn.Module:
+        """What validation scores and checkpoints export (the weight average with `ema_epochs`)."""
+        return self.optim.judged_policy
+
     def step(self, data: LoggedTensors) -> dict[str, float]:
         return offpolicy_step(self.policy, self.optim, data, self.cfg, self.tau, self.batch_size)
 

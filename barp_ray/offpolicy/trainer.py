@@ -58,7 +58,7 @@ def offpolicy_loop_per_worker(loop_config: dict) -> None:
         train,
         rank,
         world * per_worker_batch,
-        lambda: heldout_metrics(policy, val, scale, cfg.val_grid_points),
+        lambda: heldout_metrics(learner.judged_policy, val, scale, cfg.val_grid_points),
         select_metric=SELECT_METRIC,
     )
 

@@ -56,12 +56,15 @@ def train_in_process(
 
     `scale` (the reward's cost scale; a number is a linear tau) defaults to the config's, derived from
     `train.costs` where the config leaves it open (`TrainConfig.resolve_cost_scale`). `max_interactions`
-    caps the logged interactions used (learning curves); the schedule is still the one `cfg` asks for.
+    caps the logged interactions used (learning curves; no refit then); the schedule is still the one `cfg`
+    asks for. With `cfg.ema_epochs` the averaged weights are validated and kept. With `cfg.refit` the
+    returned policy is `refit_in_process` on train + val for the selected number of epochs (`best` stays the
+    selection run's validation metrics).
     """
     start = time.perf_counter()
     set_deterministic(num_threads)
     scale = cfg.resolve_cost_scale(train.costs) if scale is None else as_cost_scale(scale)
-    cfg = cfg.for_data(len(train))
+    given, cfg = cfg, cfg.for_data(len(train))
     train_data, val_data = PolicyData.from_table(train), PolicyData.from_table(val)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -85,16 +88,40 @@ def train_in_process(
             "interactions": learner.step_count * per_step,
             "passes": learner.step_count * per_step / len(train),
             **stats,
-            **validation_metrics(policy, val_data, cfg.val_grid_points),
+            **validation_metrics(learner.judged_policy, val_data, cfg.val_grid_points),
         }
         history.append(metrics)
         if stopper.update(metrics) or not best:
-            best, best_state = metrics, copy.deepcopy(policy.state_dict())
+            best, best_state = metrics, copy.deepcopy(learner.judged_policy.state_dict())
         out_of_data = max_interactions is not None and learner.step_count * per_step >= max_interactions
         if out_of_data or stopper.should_stop:
             break
     policy.load_state_dict(best_state)
     policy.eval()
+    if cfg.refit and max_interactions is None:
+        policy = refit_in_process(given, RoutingTable.concat([train, val]), int(best["epoch"]) + 1, scale, num_threads)
     return BareOutcome(
         policy=policy, best=best, history=history, scale=scale, config=cfg, seconds=time.perf_counter() - start
     )
+
+
+def refit_in_process(
+    cfg: TrainConfig, table: RoutingTable, epochs: int, scale: CostScale, num_threads: int = 1
+) -> BarpPolicy:
+    """Train a fresh policy on `table` (e.g. train + val) for exactly `epochs` epochs of `cfg`'s schedule
+    (`for_data(len(table))`: the same passes per epoch, lr and entropy schedule) and return it, unselected
+    (the averaged weights when `cfg.ema_epochs` is set).
+
+    With `epochs` = a selected run's best epoch + 1 this replays that run's schedule up to its best point on
+    more data: the refit lever (benchmarks/refit.py), which needs no held-out data of its own."""
+    set_deterministic(num_threads)
+    cfg = cfg.for_data(len(table))
+    data = PolicyData.from_table(table)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        policy = BarpPolicy(policy_spec(cfg, list(table.models), scale, table.encoder or "", table.embeddings.shape[1]))
+    learner = ReinforceLearner(policy, cfg, scale, cfg.batch_size, seed=cfg.seed)
+    policy.train()
+    for _ in range(min(epochs, cfg.epochs) * cfg.steps_per_epoch):
+        learner.step(data)
+    return learner.judged_policy.eval()

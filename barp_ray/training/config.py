@@ -115,6 +115,19 @@ class TrainConfig(JobConfig):
         description="true: the doubly robust gradient (the critic's sum over every model plus the sampled "
         "model's correction); false: the critic only as a baseline, r - sum_a pi(a) r_hat(a)",
     )
+    ema_epochs: float | None = Field(
+        default=0.5,
+        gt=0,
+        description="validate and export an exponential moving average of the weights with a horizon of this "
+        "many epochs (decay 1 - 1 / (ema_epochs * steps_per_epoch)); None: the live weights. Chosen on "
+        "validation across pools (README, 'Weight averaging')",
+    )
+    refit: bool = Field(
+        default=False,
+        description="after the best epoch is selected on val, train a fresh policy on train + val for that "
+        "many epochs of the same schedule and export it (the learned baselines fit on train + val too); "
+        "its validation metrics are the selection run's. Judged on validation by benchmarks/refit.py",
+    )
     # policy
     head: HeadType = Field(default="mlp", description="decision head g over [h(x); phi(w)]")
     hidden_dim: int = Field(default=256, gt=0, description="hidden width of the decision head")

@@ -173,6 +173,11 @@ class ReinforceLearner:
     def step_count(self) -> int:
         return self.optim.step_count
 
+    @property
+    def judged_policy(self) -> nn.Module:
+        """What validation scores and checkpoints export (the weight average with `ema_epochs`)."""
+        return self.optim.judged_policy
+
     def step(self, data: PolicyData | StreamingPolicyData) -> dict[str, float]:
         """One update from `batch_size` prompts x `samples_per_prompt` sampled models (bandit feedback).
 

@@ -120,7 +120,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         train_data,
         rank,
         world * per_worker_batch,
-        lambda: validation_metrics(policy, val_data, cfg.val_grid_points),
+        lambda: validation_metrics(learner.judged_policy, val_data, cfg.val_grid_points),
         loop_config["started_at"],
         patience=cfg.patience,
     )
@@ -212,7 +212,10 @@ def restore_checkpoint(policy: BarpPolicy, learner, device, rank: int = 0) -> tu
     with checkpoint.as_directory() as ckpt_dir:
         ckpt = Path(ckpt_dir)
         state = torch.load(ckpt / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
-        policy.load_state_dict(torch.load(ckpt / "policy.pt", map_location=device, weights_only=True))
+        live = state.get("live_policy")  # saved when the exported policy is the weight average
+        if live is None:
+            live = torch.load(ckpt / "policy.pt", map_location=device, weights_only=True)
+        policy.load_state_dict(live)
         learner_state = dict(state["learner"])
         rank_file = ckpt / RANK_STATE_FILE.format(rank=rank)
         if rank_file.exists():
@@ -236,8 +239,14 @@ def report_epoch(
         # every rank uploads its RNG state into the same checkpoint folder; rank 0 adds policy + optimiser
         torch.save({"generator": learner.state_dict()["generator"]}, Path(tmp) / RANK_STATE_FILE.format(rank=rank))
         if rank == 0:
-            save_policy(policy, tmp, extra={"epoch": epoch, "metrics": metrics, "config": cfg.model_dump(mode="json")})
+            # the exported policy is what was validated (the weight average with ema_epochs); the live weights
+            # travel in the train state, for resume
+            exported = learner.judged_policy
+            extra = {"epoch": epoch, "metrics": metrics, "config": cfg.model_dump(mode="json")}
+            save_policy(exported, tmp, extra=extra)
             state = {"epoch": epoch, "learner": learner.state_dict()}
+            if exported is not policy:
+                state["live_policy"] = policy.state_dict()
             if stopper is not None:
                 state["early_stopping"] = stopper.state_dict()
             torch.save(state, Path(tmp) / TRAIN_STATE_FILE)
