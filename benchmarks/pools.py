@@ -246,6 +246,8 @@ TRAINING_FIELDS = {
     "w_samples",
     "beta_start",
     "beta_end",
+    "ema_epochs",
+    "critic",
 }
 
 

@@ -90,6 +90,12 @@ def test_ray_train_two_workers_crash_resume_and_loto(small_shards, tmp_path):
     ckpt = Path(first.best_checkpoint)
     states = [torch.load(ckpt / f"rng_rank{r}.pt", weights_only=True)["generator"] for r in (0, 1)]
     assert not torch.equal(states[0], states[1])
+    # the exported policy is the weight average (ema_epochs, on by default); the live weights that a resume
+    # continues from travel in the train state
+    train_state = torch.load(ckpt / "train_state.pt", weights_only=True)
+    exported = torch.load(ckpt / "policy.pt", weights_only=True)
+    assert cfg.ema_epochs and "average" in train_state["learner"]
+    assert any(not torch.equal(exported[k], v) for k, v in train_state["live_policy"].items())
 
     # the same run name with other data is refused (before anything is launched), not silently "resumed"
     import shutil
