@@ -44,6 +44,15 @@ class BareOutcome:
         return int(self.best.get("interactions", 0))
 
 
+def seeded_learner(cfg: TrainConfig, table: RoutingTable, scale: CostScale) -> tuple[BarpPolicy, ReinforceLearner]:
+    """A fresh policy for `table`'s models and embeddings, initialised from `cfg.seed` (without disturbing the
+    global torch RNG), and its REINFORCE learner."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        policy = BarpPolicy(policy_spec(cfg, list(table.models), scale, table.encoder or "", table.embeddings.shape[1]))
+    return policy, ReinforceLearner(policy, cfg, scale, cfg.batch_size, seed=cfg.seed)
+
+
 def train_in_process(
     cfg: TrainConfig,
     train: RoutingTable,
@@ -66,10 +75,7 @@ def train_in_process(
     scale = cfg.resolve_cost_scale(train.costs) if scale is None else as_cost_scale(scale)
     given, cfg = cfg, cfg.for_data(len(train))
     train_data, val_data = PolicyData.from_table(train), PolicyData.from_table(val)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        policy = BarpPolicy(policy_spec(cfg, list(train.models), scale, train.encoder or "", train.embeddings.shape[1]))
-    learner = ReinforceLearner(policy, cfg, scale, cfg.batch_size, seed=cfg.seed)
+    policy, learner = seeded_learner(cfg, train, scale)
     per_step = cfg.interactions_per_step()
     history: list[dict] = []
     best: dict = {}
@@ -117,10 +123,7 @@ def refit_in_process(
     set_deterministic(num_threads)
     cfg = cfg.for_data(len(table))
     data = PolicyData.from_table(table)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        policy = BarpPolicy(policy_spec(cfg, list(table.models), scale, table.encoder or "", table.embeddings.shape[1]))
-    learner = ReinforceLearner(policy, cfg, scale, cfg.batch_size, seed=cfg.seed)
+    policy, learner = seeded_learner(cfg, table, scale)
     policy.train()
     for _ in range(min(epochs, cfg.epochs) * cfg.steps_per_epoch):
         learner.step(data)

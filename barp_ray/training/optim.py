@@ -26,17 +26,17 @@ class PolicyOptimizer:
         self.device = next(policy.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.step_count = 0
+        self.module = getattr(policy, "module", policy)  # DDP wraps the policy: average the policy itself
         self.average: AveragedModel | None = None
         if cfg.ema_epochs:
             # decay per step: a horizon of `ema_epochs` epochs whatever the schedule's steps per epoch
             decay = max(0.0, 1.0 - 1.0 / (cfg.ema_epochs * cfg.steps_per_epoch))
-            module = getattr(policy, "module", policy)  # DDP wraps the policy: average the policy itself
-            self.average = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            self.average = AveragedModel(self.module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
     @property
     def judged_policy(self) -> nn.Module:
         """The weights validation scores and checkpoints export: the moving average, else the live policy."""
-        return self.average.module if self.average is not None else getattr(self.policy, "module", self.policy)
+        return self.average.module if self.average is not None else self.module
 
     @property
     def beta(self) -> float:
@@ -57,7 +57,7 @@ class PolicyOptimizer:
         self.optimizer.step()
         self.step_count += 1
         if self.average is not None:
-            self.average.update_parameters(getattr(self.policy, "module", self.policy))
+            self.average.update_parameters(self.module)
 
     def state_dict(self) -> dict:
         state = {
