@@ -237,10 +237,13 @@ def greedy_curve(
 ) -> GreedyCurve:
     """Argmax routing of `policy` at every w_c of `grid`, scored with the recorded `scores` / `costs` (N, K).
 
-    Inputs may be numpy arrays or tensors (tensors stay on their device). `largest_index` defaults to the
-    most expensive model by mean cost.
+    Inputs may be numpy arrays or tensors (tensors stay on their device); the policy's inputs are pooled
+    embeddings (N, D), or what its per-token levers take. `largest_index` defaults to the most expensive model
+    by mean cost.
     """
-    emb = torch.as_tensor(embeddings, dtype=torch.float32)
+    emb = torch.as_tensor(embeddings)
+    if emb.is_floating_point() and emb.ndim == 2:  # pooled embeddings; token states / ids keep their dtype
+        emb = emb.float()
     q_all = torch.as_tensor(scores, dtype=torch.float64, device=emb.device)
     c_all = torch.as_tensor(costs, dtype=torch.float64, device=emb.device)
     if largest_index is None:

@@ -8,6 +8,9 @@ a markdown table (mean over seeds, per pool and averaged over pools) and the raw
         --pools routerbench open6 flat6 synthetic --seeds 0 1 \
         --variant legacy '{"passes": null, "epochs": 20, "steps_per_epoch": 150, "batch_size": 512}' \
         --variant p50 '{"passes": 50}'
+
+`--token-states left` trains on the encoder's per-token states (cut on that side) instead of the pooled
+embeddings, for `pooling` variants (`--variant mean '{}' --variant attention '{"pooling": "attention"}'`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from barp_ray.data.shards import read_shards
+from barp_ray.embeddings.token_states import token_state_table
 from barp_ray.evaluation.pools import build_pools
 from barp_ray.training.bare import train_in_process
 from barp_ray.training.config import TrainConfig
@@ -33,8 +37,11 @@ def run(
     out: Path,
     base: dict,
     train: bool = True,
+    token_states: str | None = None,
 ) -> str:
     table = read_shards(data) if data else None
+    if token_states and table is not None:  # per-token inputs, for `pooling` variants
+        table = token_state_table(table, token_states, out / "cache")
     pools = build_pools(table, pool_names)
     out.mkdir(parents=True, exist_ok=True)
     raw_path = out / "runs.json"
@@ -106,9 +113,17 @@ def main() -> None:
     parser.add_argument("--base", default="{}", help="JSON overrides shared by every variant")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
     parser.add_argument("--no-train", action="store_true", help="only tabulate the runs already in --out")
+    parser.add_argument(
+        "--token-states",
+        choices=["right", "left"],
+        default=None,
+        help="train on the encoder's token states cut on this side instead of the pooled embeddings (for "
+        "`pooling` variants; RouterBench pools only)",
+    )
     args = parser.parse_args()
     variants = {name: json.loads(js) for name, js in args.variant}
-    print(run(args.data, args.pools, args.seeds, variants, args.out, json.loads(args.base), not args.no_train))
+    base = json.loads(args.base)
+    print(run(args.data, args.pools, args.seeds, variants, args.out, base, not args.no_train, args.token_states))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,11 @@ def resolve_encoder(name: str) -> str:
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 
 
+def native_embedding_dim(name: str) -> int:
+    """Width of the transformer's hidden states (`config.json` `hidden_size`): the mean pool's width."""
+    return int(json.loads((Path(resolve_encoder(name)) / "config.json").read_text())["hidden_size"])
+
+
 def native_max_seq_length(name: str) -> int | None:
     """The model's own token budget (`sentence_bert_config.json`), None if its files are not local."""
     cfg = Path(resolve_encoder(name)) / "sentence_bert_config.json"

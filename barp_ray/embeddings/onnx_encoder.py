@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from barp_ray.embeddings.encoder import EncoderSpec, resolve_encoder
+from barp_ray.embeddings.encoder import EncoderSpec, native_embedding_dim, resolve_encoder
 from barp_ray.embeddings.onnx_export import FP32_FILE, INT8_FILE, ensure_onnx_export
 
 
@@ -53,7 +53,7 @@ class OnnxEncoder:
         self.tokenizer.enable_truncation(max_length=self.max_seq_length, direction=spec.truncation)
         pad = json.loads((source / "tokenizer.json").read_text()).get("padding") or {}
         self.tokenizer.enable_padding(pad_id=int(pad.get("pad_id", 0)), pad_token=pad.get("pad_token", "[PAD]"))
-        self._dim = int(json.loads((source / "config.json").read_text())["hidden_size"])
+        self._dim = native_embedding_dim(spec.name)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
@@ -87,10 +87,26 @@ class OnnxEncoder:
         return self._run(ids, mask)[where]
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        tokens = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
+        tokens = self._tokens(ids, mask)
         weights = mask[..., None].astype(np.float32)
         return (tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+
+    def _tokens(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The transformer's last hidden states (B, T, D) for token ids and their attention mask."""
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        return self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
+
+    def token_states(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """(N, max_seq_length, D) float16 last hidden states before pooling, zero at padding (the mask is
+        `states.any(-1)`): the input of a policy with learned attention pooling (`PolicySpec.pooling`)."""
+        out = np.zeros((len(texts), self.max_seq_length, self._dim), dtype=np.float16)
+        for start in range(0, len(texts), max(1, batch_size)):
+            batch = self.tokenizer.encode_batch([str(t) for t in texts[start : start + batch_size]])
+            ids = np.asarray([e.ids for e in batch], dtype=np.int64)
+            mask = np.asarray([e.attention_mask for e in batch], dtype=np.int64)
+            states = self._tokens(ids, mask) * mask[..., None]
+            out[start : start + len(batch), : ids.shape[1]] = states
+        return out
 
     def encode(
         self,

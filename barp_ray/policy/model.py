@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from barp_ray.objective import CostScale
+from barp_ray.policy.pooling import AttentionPooling, mean_pool
 
 HeadType = Literal["mlp", "linear", "bilinear"]
+Pooling = Literal["mean", "attention"]
 
 
 class PolicySpec(BaseModel):
@@ -36,6 +38,11 @@ class PolicySpec(BaseModel):
     hidden_dim: int = Field(default=256, gt=0, description="hidden width of the decision head")
     head: HeadType = "mlp"
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    pooling: Pooling = Field(
+        default="mean",
+        description="mean: h(x) is the encoder's pooled embedding (B, D); attention: the policy pools the "
+        "encoder's token states (B, T, D) with a learned query (policy/pooling.py)",
+    )
 
     @property
     def num_models(self) -> int:
@@ -70,6 +77,7 @@ class BarpPolicy(nn.Module):
         self.spec = spec
         d, p, hdim, k = spec.embed_dim, spec.pref_dim, spec.hidden_dim, spec.num_models
         self.phi = PreferenceEncoder(p)
+        self.pool = AttentionPooling(d) if spec.pooling == "attention" else None
         self.norm = nn.LayerNorm(d)
         if spec.head == "mlp":
             self.head = nn.Sequential(
@@ -90,13 +98,25 @@ class BarpPolicy(nn.Module):
             raise ValueError(f"unknown head {spec.head!r}; use mlp, linear or bilinear")
 
     def forward(self, embedding: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K) for embeddings (B, D) and preferences w (B, 2) = (w_q, w_c)."""
-        h = self.norm(embedding)
+        """Logits (B, K) for embeddings (B, D), or token states (B, T, D), and preferences w (B, 2) = (w_q, w_c)."""
+        h = self.norm(self.sentence_vector(embedding))
         z = self.phi(w)
         logits = self.head(torch.cat([h, z], dim=-1))
         if self.spec.head == "bilinear":
             logits = logits + self.bilinear(torch.tanh(self.proj(h)), z)
         return logits
+
+    def sentence_vector(self, embedding: torch.Tensor) -> torch.Tensor:
+        """h(x) (B, D): a pooled embedding as given, or token states (B, T, D) pooled as `spec.pooling` says."""
+        if embedding.ndim == 3:
+            return self.pool(embedding) if self.pool is not None else mean_pool(embedding)
+        if self.pool is not None:
+            raise ValueError(
+                f"this policy pools token states (pooling: attention) and got pooled embeddings of shape "
+                f"{tuple(embedding.shape)}: give it the encoder's token states (B, T, D) "
+                "(OnnxEncoder.token_states), or train with pooling: mean"
+            )
+        return embedding
 
     @torch.no_grad()
     def probabilities(self, embedding: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

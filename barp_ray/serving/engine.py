@@ -179,6 +179,11 @@ class RoutingEngine:
         self.device = auto_device(self.served_encoder.backend, options.device)
         self.policy = load_policy(self.location, device=self.device if self.device.startswith("cuda") else "cpu")
         self.spec = self.policy.spec
+        if self.spec.pooling != "mean":
+            raise ValueError(
+                f"policy {self.location} pools the encoder's token states (pooling: {self.spec.pooling}), which "
+                "serving does not compute: serve a policy trained with pooling: mean (the default)"
+            )
         self.models: list[str] = list(self.spec.models)
         self.version = policy_version(self.location)
         self.encoder_name = self.served_encoder.id

@@ -12,7 +12,9 @@ import copy
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from torch import nn
 
 from barp_ray.data.table import RoutingTable
 from barp_ray.objective import CostScale, as_cost_scale
@@ -26,7 +28,7 @@ from barp_ray.training.loop import PolicyData, ReinforceLearner, policy_spec, se
 class BareOutcome:
     """The best policy (by validation) of an in-process run, and the run's per-epoch history."""
 
-    policy: BarpPolicy
+    policy: nn.Module  # a BarpPolicy, or an EncoderPolicy (encoder_finetune: lora)
     best: dict
     history: list[dict] = field(default_factory=list)
     scale: CostScale | None = None
@@ -44,12 +46,27 @@ class BareOutcome:
         return int(self.best.get("interactions", 0))
 
 
-def seeded_learner(cfg: TrainConfig, table: RoutingTable, scale: CostScale) -> tuple[BarpPolicy, ReinforceLearner]:
-    """A fresh policy for `table`'s models and embeddings, initialised from `cfg.seed` (without disturbing the
-    global torch RNG), and its REINFORCE learner."""
+def seeded_learner(
+    cfg: TrainConfig, table: RoutingTable, scale: CostScale, pad_id: int | None = None, device: str = "cpu"
+) -> tuple[nn.Module, ReinforceLearner]:
+    """A fresh policy for `table`'s models and inputs, initialised from `cfg.seed` (without disturbing the
+    global torch RNG), on `device`, and its REINFORCE learner. Inputs: embeddings (N, D), token states
+    (N, T, D) for `pooling: attention`, or token ids (N, T) padded with `pad_id` for `encoder_finetune: lora`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        policy = BarpPolicy(policy_spec(cfg, list(table.models), scale, table.encoder or "", table.embeddings.shape[1]))
+        if cfg.encoder_finetune == "lora":
+            if pad_id is None or table.embeddings.ndim != 2 or not np.issubdtype(table.embeddings.dtype, np.integer):
+                raise ValueError("encoder_finetune: lora trains on token ids: pass a token_id_table and its pad_id")
+            from barp_ray.embeddings.encoder import EncoderSpec, native_embedding_dim
+            from barp_ray.policy.lora import EncoderPolicy
+
+            dim = native_embedding_dim(EncoderSpec.parse(table.encoder or "").name)
+            head = BarpPolicy(policy_spec(cfg, list(table.models), scale, table.encoder or "", dim))
+            policy: nn.Module = EncoderPolicy(table.encoder or "", head, pad_id, rank=cfg.lora_rank)
+        else:
+            dim = table.embeddings.shape[-1]
+            policy = BarpPolicy(policy_spec(cfg, list(table.models), scale, table.encoder or "", dim))
+    policy = policy.to(device)
     return policy, ReinforceLearner(policy, cfg, scale, cfg.batch_size, seed=cfg.seed)
 
 
@@ -60,6 +77,8 @@ def train_in_process(
     scale: float | CostScale | None = None,
     num_threads: int = 1,
     max_interactions: int | None = None,
+    pad_id: int | None = None,
+    device: str = "cpu",
 ) -> BareOutcome:
     """Train BaRP on `train` with bandit feedback only, select on `val`; returns the best policy.
 
@@ -68,14 +87,15 @@ def train_in_process(
     caps the logged interactions used (learning curves; no refit then); the schedule is still the one `cfg`
     asks for. With `cfg.ema_epochs` the averaged weights are validated and kept. With `cfg.refit` the
     returned policy is `refit_in_process` on train + val for the selected number of epochs (`best` stays the
-    selection run's validation metrics).
+    selection run's validation metrics). `pad_id`: the padding id of a token-id table (`encoder_finetune:
+    lora`); `device`: where the policy and the data live (a GPU for the LoRA lever).
     """
     start = time.perf_counter()
     set_deterministic(num_threads)
     scale = cfg.resolve_cost_scale(train.costs) if scale is None else as_cost_scale(scale)
     given, cfg = cfg, cfg.for_data(len(train))
-    train_data, val_data = PolicyData.from_table(train), PolicyData.from_table(val)
-    policy, learner = seeded_learner(cfg, train, scale)
+    train_data, val_data = PolicyData.from_table(train, device), PolicyData.from_table(val, device)
+    policy, learner = seeded_learner(cfg, train, scale, pad_id, device)
     per_step = cfg.interactions_per_step()
     history: list[dict] = []
     best: dict = {}

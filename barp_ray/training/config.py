@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from barp_ray.config import JobConfig, Location
 from barp_ray.objective import CostScale, CostScaleKind, PreferenceSampling, TauRule, build_cost_scale
-from barp_ray.policy.model import HeadType
+from barp_ray.policy.model import HeadType, Pooling
 
 
 class TrainConfig(JobConfig):
@@ -133,6 +133,18 @@ class TrainConfig(JobConfig):
     hidden_dim: int = Field(default=256, gt=0, description="hidden width of the decision head")
     pref_dim: int = Field(default=32, gt=0, description="width of the preference encoder phi(w)")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout in the MLP head")
+    pooling: Pooling = Field(
+        default="mean",
+        description="mean: the encoder's mean pool (the shards' embeddings); attention: a learned attention pool "
+        "over the encoder's token states, in-process runs on a token-state table only (benchmarks/barp_defaults.py "
+        "--token-states; measured on validation, not a default)",
+    )
+    encoder_finetune: Literal["none", "lora"] = Field(
+        default="none",
+        description="none: the frozen encoder (the paper's); lora: LoRA adapters on the encoder trained end to end "
+        "by the REINFORCE loss, in-process runs on a token-id table only (benchmarks/lora_finetune.py)",
+    )
+    lora_rank: int = Field(default=8, ge=1, description="rank of the LoRA adapters (encoder_finetune: lora)")
     inject_failure_at_epoch: int | None = Field(
         default=None, description="testing: crash the workers once at this epoch to exercise FailureConfig"
     )

@@ -49,8 +49,13 @@ class PolicyData:
         if table.embeddings is None:
             raise ValueError("table has no embeddings: run `barp embed` on the prepared data first")
         order = canonical_order(table)
+        # token ids stay integers; token states (N, T, D) stay float16 (the policy pools them in float32)
+        if np.issubdtype(table.embeddings.dtype, np.integer):
+            dtype = torch.long
+        else:
+            dtype = torch.float32 if table.embeddings.ndim == 2 else torch.float16
         return cls(
-            embeddings=torch.as_tensor(table.embeddings[order], dtype=torch.float32, device=device),
+            embeddings=torch.as_tensor(table.embeddings[order], dtype=dtype, device=device),
             scores=torch.as_tensor(table.scores[order], dtype=torch.float32, device=device),
             costs=torch.as_tensor(table.costs[order], dtype=torch.float32, device=device),
         )
@@ -92,6 +97,7 @@ def policy_spec(
         hidden_dim=cfg.hidden_dim,
         head=cfg.head,
         dropout=cfg.dropout,
+        pooling=cfg.pooling,
     )
 
 

@@ -120,6 +120,13 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    if cfg.pooling != "mean" or cfg.encoder_finetune != "none":
+        raise ValueError(
+            f"pooling: {cfg.pooling} / encoder_finetune: {cfg.encoder_finetune} need per-token inputs, which "
+            "the training shards do not hold (they store pooled embeddings): the Ray Train job trains with "
+            "pooling: mean and encoder_finetune: none; run those levers in process (benchmarks/barp_defaults.py "
+            "--token-states, benchmarks/lora_finetune.py)"
+        )
     manifest = read_manifest(cfg.data)
     if not manifest.get("encoder"):
         raise ValueError(f"{cfg.data} has no embeddings yet: run `barp embed --data {cfg.data}` first")

@@ -181,3 +181,39 @@ def test_left_truncation_keeps_the_end_on_every_backend(encoders):
     assert float(a[0] @ a[1]) < 0.999  # the questions differ once the end is kept
     right = encode(encoders["onnx"], texts)
     assert float(right[0] @ right[1]) > 0.9999  # with the start kept both are the shared prefix
+
+
+def test_token_states_mean_pool_to_the_embedding_and_make_a_token_state_table(encoders, tmp_path):
+    from dataclasses import replace
+
+    import torch
+
+    from barp_ray.data.table import RoutingTable
+    from barp_ray.embeddings.token_states import token_state_table
+    from barp_ray.policy.pooling import mean_pool
+
+    enc = encoders["onnx"]
+    states = enc.token_states(PROMPTS, batch_size=2)
+    assert states.shape == (len(PROMPTS), 128, enc.get_sentence_embedding_dimension()) and states.dtype == np.float16
+    lengths = [len(enc.tokenizer.encode(p).ids) for p in PROMPTS]
+    assert [int(s.any(-1).sum()) for s in states] == lengths  # zero exactly at padding
+    pooled = mean_pool(torch.as_tensor(states)).numpy()
+    assert (pooled * encode(enc, PROMPTS)).sum(axis=1).min() > 0.9999  # float16 states, the same embedding
+
+    n = len(PROMPTS)
+    table = RoutingTable(
+        prompt_ids=[str(i) for i in range(n)],
+        prompts=PROMPTS,
+        tasks=["t"] * n,
+        models=["a", "b"],
+        scores=np.ones((n, 2)),
+        costs=np.ones((n, 2)),
+        embeddings=encode(enc, PROMPTS),
+        encoder=f"{DEFAULT_ENCODER}@onnx:128",
+    )
+    left = token_state_table(table, "left", tmp_path)
+    assert left.encoder == f"{DEFAULT_ENCODER}@onnx:128:left" and left.embeddings.shape == states.shape
+    assert len(list(tmp_path.glob("token-states-*.npy"))) == 1
+    np.testing.assert_array_equal(token_state_table(table, "left", tmp_path).embeddings, left.embeddings)
+    with pytest.raises(ValueError, match="ONNX"):
+        token_state_table(replace(table, encoder="minilm@torch:128"))
