@@ -125,15 +125,22 @@ def train_in_process(
     policy.load_state_dict(best_state)
     policy.eval()
     if cfg.refit and max_interactions is None:
-        policy = refit_in_process(given, RoutingTable.concat([train, val]), int(best["epoch"]) + 1, scale, num_threads)
+        both = RoutingTable.concat([train, val])
+        policy = refit_in_process(given, both, int(best["epoch"]) + 1, scale, num_threads, pad_id, device)
     return BareOutcome(
         policy=policy, best=best, history=history, scale=scale, config=cfg, seconds=time.perf_counter() - start
     )
 
 
 def refit_in_process(
-    cfg: TrainConfig, table: RoutingTable, epochs: int, scale: CostScale, num_threads: int = 1
-) -> BarpPolicy:
+    cfg: TrainConfig,
+    table: RoutingTable,
+    epochs: int,
+    scale: CostScale,
+    num_threads: int = 1,
+    pad_id: int | None = None,
+    device: str = "cpu",
+) -> nn.Module:
     """Train a fresh policy on `table` (e.g. train + val) for exactly `epochs` epochs of `cfg`'s schedule
     (`for_data(len(table))`: the same passes per epoch, lr and entropy schedule) and return it, unselected
     (the averaged weights when `cfg.ema_epochs` is set).
@@ -142,8 +149,8 @@ def refit_in_process(
     more data: the refit lever (benchmarks/refit.py), which needs no held-out data of its own."""
     set_deterministic(num_threads)
     cfg = cfg.for_data(len(table))
-    data = PolicyData.from_table(table)
-    policy, learner = seeded_learner(cfg, table, scale)
+    data = PolicyData.from_table(table, device)
+    policy, learner = seeded_learner(cfg, table, scale, pad_id, device)
     policy.train()
     for _ in range(min(epochs, cfg.epochs) * cfg.steps_per_epoch):
         learner.step(data)
