@@ -69,6 +69,37 @@ def test_binned_baseline_centres_each_preference_bin():
     assert torch.allclose(plain, r.squeeze(1) - r.mean())
 
 
+def test_leave_one_out_baseline_is_the_mean_of_the_other_samples_of_the_same_prompt():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [-0.2, -0.2, -0.2, -0.2]])  # a prompt every model fails: no signal
+    w = torch.tensor([0.1, 0.9])
+    adv = advantages(r, w, bins=10, normalize=False, leave_one_out=True)
+    assert torch.allclose(adv[0], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]))
+    assert torch.equal(adv[1], torch.zeros(4))
+    with pytest.raises(ValueError, match="samples_per_prompt >= 2"):
+        TrainConfig(leave_one_out=True)
+
+
+def test_in_process_training_with_the_leave_one_out_baseline_learns_the_switch():
+    from barp_ray.training.bare import train_in_process
+
+    train, val = _toy_tables()
+    cfg = TrainConfig(
+        passes=200,
+        epochs=5,
+        batch_size=32,
+        samples_per_prompt=4,
+        leave_one_out=True,
+        lr=3e-3,
+        hidden_dim=32,
+        pref_dim=8,
+        seed=3,
+    )
+    out = train_in_process(cfg, train, val, scale=0.01)
+    x = torch.as_tensor(val.embeddings)
+    assert (out.policy.act(x, preference_tensor(0.0, len(x))) == 0).float().mean() > 0.9
+    assert (out.policy.act(x, preference_tensor(1.0, len(x))) == 1).float().mean() > 0.9
+
+
 def test_reinforce_learns_better_model_at_wc0_and_cheaper_at_wc1():
     """Two models: 'big' always right but costs tau; 'small' right half the time for free."""
     gen = torch.Generator().manual_seed(0)

@@ -92,6 +92,12 @@ class TrainConfig(JobConfig):
         "(Beta(1/2, 1/2): more examples near both ends of the dial)",
     )
     baseline_bins: int = Field(default=10, ge=1, description="batch-mean baseline per w_c bin (1: plain)")
+    leave_one_out: bool = Field(
+        default=False,
+        description="baseline of each sampled model = the mean reward of the other samples_per_prompt - 1 models "
+        "sampled for the same (x, w) (REINFORCE leave-one-out, Kool et al. 2019) instead of the w_c-binned "
+        "batch mean; needs samples_per_prompt >= 2",
+    )
     normalize_advantage: bool = Field(default=False, description="divide (r - b) by its std (per w_c bin)")
     samples_per_prompt: int = Field(default=1, ge=1, description="actions drawn per (x, w) in a batch")
     w_samples: int = Field(
@@ -166,6 +172,15 @@ class TrainConfig(JobConfig):
         if isinstance(data, dict) and "steps_per_epoch" in data and "passes" not in data:
             data = {**data, "passes": None}
         return data
+
+    @model_validator(mode="after")
+    def _leave_one_out_needs_samples(self):
+        if self.leave_one_out and self.samples_per_prompt < 2:
+            raise ValueError(
+                "leave_one_out: true needs samples_per_prompt >= 2 (the other samples of the same prompt and w "
+                "are the baseline); set samples_per_prompt: 4, or leave_one_out: false"
+            )
+        return self
 
     @property
     def total_steps(self) -> int:

@@ -115,22 +115,29 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * frac))
 
 
-def advantages(r: torch.Tensor, w_cost: torch.Tensor, bins: int, normalize: bool) -> torch.Tensor:
-    """(r - b) with b the batch-mean baseline computed within `bins` equal-width bins of w_c.
+def advantages(
+    r: torch.Tensor, w_cost: torch.Tensor, bins: int, normalize: bool, leave_one_out: bool = False
+) -> torch.Tensor:
+    """(r - b) for rewards r (n, m) of m models sampled per (x, w), with b the batch-mean baseline computed
+    within `bins` equal-width bins of w_c, or (`leave_one_out`, m >= 2) the mean of the row's other samples.
 
     Rewards at different preferences live on different scales (r is about q at w_c ~ 0 and about -c~ at
     w_c ~ 1), so one batch mean mostly measures *which w was drawn*, not *which model was good*, and that
     variance drowns the action signal. Binning by w_c removes it; `normalize` also divides by each bin's
-    std so that every preference region gets the same gradient scale. bins=1 is the plain batch mean.
-    b never depends on the action, so the gradient stays unbiased.
+    std so that every preference region gets the same gradient scale. bins=1 is the plain batch mean. The
+    leave-one-out baseline also removes *which prompt was drawn* (one every model fails, one every model
+    solves). b never depends on the action it centres, so the gradient stays unbiased.
     """
     n, m = r.shape
     bin_id = torch.clamp((w_cost * bins).long(), max=bins - 1) if bins > 1 else torch.zeros_like(w_cost).long()
     flat_bin = bin_id.repeat_interleave(m)
     flat_r = r.reshape(-1)
     counts = torch.zeros(bins, device=r.device).index_add_(0, flat_bin, torch.ones_like(flat_r)).clamp(min=1)
-    mean = torch.zeros(bins, device=r.device).index_add_(0, flat_bin, flat_r) / counts
-    centered = flat_r - mean[flat_bin]
+    if leave_one_out and m > 1:
+        centered = (r - (r.sum(dim=1, keepdim=True) - r) / (m - 1)).reshape(-1)
+    else:
+        mean = torch.zeros(bins, device=r.device).index_add_(0, flat_bin, flat_r) / counts
+        centered = flat_r - mean[flat_bin]
     if normalize:
         var = torch.zeros(bins, device=r.device).index_add_(0, flat_bin, centered**2) / counts
         centered = centered / (var.sqrt()[flat_bin] + 1e-3)
@@ -204,7 +211,7 @@ class ReinforceLearner:
         c = c_all.gather(1, actions)
         c_scaled = normalized_cost(c, self.scale)
         r = scalarized_reward(q, c_scaled, w_cost.unsqueeze(1))
-        advantage = advantages(r, w_cost, cfg.baseline_bins, cfg.normalize_advantage)
+        advantage = advantages(r, w_cost, cfg.baseline_bins, cfg.normalize_advantage, cfg.leave_one_out)
         chosen_log_prob = log_probs.gather(1, actions)
         entropy = -(probs * log_probs).sum(dim=-1).mean()
         beta = entropy_coefficient(cfg, self.step_count)
@@ -242,7 +249,7 @@ class ReinforceLearner:
         lp = log_probs.gather(1, a2)
         ratio = torch.exp(lp.detach() - behaviour_log_prob.repeat(extra, 1)).clamp(max=cfg.ratio_clip)
         r2 = reward(q.repeat(extra, 1), c.repeat(extra, 1), w2.unsqueeze(1), self.scale)
-        adv = advantages(r2, w2, cfg.baseline_bins, cfg.normalize_advantage)
+        adv = advantages(r2, w2, cfg.baseline_bins, cfg.normalize_advantage, cfg.leave_one_out)
         return -(ratio * adv.detach() * lp).mean() * extra
 
     def apply(self, loss: torch.Tensor) -> None:
