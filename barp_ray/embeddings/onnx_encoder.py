@@ -33,6 +33,24 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def encoder_tokenizer(spec: EncoderSpec, fixed_length: bool = False):
+    """The encoder's own (Rust) tokenizer, cut at the spec's token budget on its truncation side and padded
+    to the longest row of a batch, or to exactly the budget with `fixed_length`; and its padding id:
+    (tokenizer, pad_id)."""
+    from tokenizers import Tokenizer
+
+    spec = spec.resolved()
+    source = Path(resolve_encoder(spec.name)) / "tokenizer.json"
+    pad = json.loads(source.read_text()).get("padding") or {}
+    pad_id, budget = int(pad.get("pad_id", 0)), int(spec.max_seq_length or 512)
+    tokenizer = Tokenizer.from_file(str(source))
+    tokenizer.enable_truncation(max_length=budget, direction=spec.truncation)
+    tokenizer.enable_padding(
+        pad_id=pad_id, pad_token=pad.get("pad_token", "[PAD]"), length=budget if fixed_length else None
+    )
+    return tokenizer, pad_id
+
+
 class OnnxEncoder:
     """Encoder with the sentence-transformers `encode` interface on ONNX Runtime (`onnx` / `onnx-int8`)."""
 
@@ -40,19 +58,14 @@ class OnnxEncoder:
         self, spec: EncoderSpec, device: str = "cpu", threads: int | None = None, cache_root: str | Path | None = None
     ) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         spec = spec.resolved()
         if spec.backend not in ("onnx", "onnx-int8"):
             raise ValueError(f"OnnxEncoder runs the onnx backends, not {spec.backend!r}")
         self.barp_spec = spec
-        source = Path(resolve_encoder(spec.name))
         self.export_dir = ensure_onnx_export(spec.name, cache_root)
         self.max_seq_length = int(spec.max_seq_length or 512)
-        self.tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=self.max_seq_length, direction=spec.truncation)
-        pad = json.loads((source / "tokenizer.json").read_text()).get("padding") or {}
-        self.tokenizer.enable_padding(pad_id=int(pad.get("pad_id", 0)), pad_token=pad.get("pad_token", "[PAD]"))
+        self.tokenizer, _ = encoder_tokenizer(spec)
         self._dim = native_embedding_dim(spec.name)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()

@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from barp_ray.data.table import RoutingTable
-from barp_ray.embeddings.encoder import EncoderSpec, load_encoder, resolve_encoder
+from barp_ray.embeddings.encoder import EncoderSpec, load_encoder
+from barp_ray.embeddings.onnx_encoder import encoder_tokenizer
+
+
+def table_encoder(table: RoutingTable, truncation: str | None = None) -> EncoderSpec:
+    """The encoder `table` was embedded with, cut on `truncation`'s side (default: the encoder's own)."""
+    if not table.encoder:
+        raise ValueError("the table names no encoder: embed it first (`barp embed`)")
+    return EncoderSpec.parse(table.encoder).with_overrides(truncation=truncation).resolved()
 
 
 def token_state_table(
@@ -24,9 +32,7 @@ def token_state_table(
 ) -> RoutingTable:
     """`table` with `embeddings` replaced by token states of its own encoder (backend, token budget) cut on
     the `truncation` side; needs an ONNX backend (`onnx` or `onnx-int8`)."""
-    if not table.encoder:
-        raise ValueError("the table names no encoder: embed it first (`barp embed`)")
-    spec = EncoderSpec.parse(table.encoder).with_overrides(truncation=truncation).resolved()
+    spec = table_encoder(table, truncation)
     if spec.backend not in ("onnx", "onnx-int8"):
         raise ValueError(f"token states need an ONNX encoder backend (onnx, onnx-int8), the table's is {spec.backend}")
     digest = hashlib.sha256("\x00".join([spec.id, *table.prompts]).encode()).hexdigest()[:16]
@@ -41,29 +47,10 @@ def token_state_table(
     return replace(table, embeddings=states, encoder=spec.id)
 
 
-def fixed_length_tokenizer(spec: EncoderSpec):
-    """The encoder's own tokenizer cut at its token budget on its truncation side and padded to exactly that
-    length, and its padding id: (tokenizer, pad_id)."""
-    import json
-
-    from tokenizers import Tokenizer
-
-    spec = spec.resolved()
-    source = Path(resolve_encoder(spec.name)) / "tokenizer.json"
-    pad = json.loads(source.read_text()).get("padding") or {}
-    pad_id, length = int(pad.get("pad_id", 0)), int(spec.max_seq_length or 512)
-    tokenizer = Tokenizer.from_file(str(source))
-    tokenizer.enable_truncation(max_length=length, direction=spec.truncation)
-    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad.get("pad_token", "[PAD]"), length=length)
-    return tokenizer, pad_id
-
-
 def token_id_table(table: RoutingTable, truncation: str | None = None) -> tuple[RoutingTable, int]:
     """`table` with `embeddings` replaced by its prompts' token ids (N, T) under its encoder's token budget
     (cut on `truncation`'s side, default the encoder's), and the padding id."""
-    if not table.encoder:
-        raise ValueError("the table names no encoder: embed it first (`barp embed`)")
-    spec = EncoderSpec.parse(table.encoder).with_overrides(truncation=truncation).resolved()
-    tokenizer, pad_id = fixed_length_tokenizer(spec)
+    spec = table_encoder(table, truncation)
+    tokenizer, pad_id = encoder_tokenizer(spec, fixed_length=True)
     ids = np.asarray([e.ids for e in tokenizer.encode_batch([str(p) for p in table.prompts])], dtype=np.int64)
     return replace(table, embeddings=ids, encoder=spec.id), pad_id

@@ -52,6 +52,7 @@ def seeded_learner(
     """A fresh policy for `table`'s models and inputs, initialised from `cfg.seed` (without disturbing the
     global torch RNG), on `device`, and its REINFORCE learner. Inputs: embeddings (N, D), token states
     (N, T, D) for `pooling: attention`, or token ids (N, T) padded with `pad_id` for `encoder_finetune: lora`."""
+    encoder, models = table.encoder or "", list(table.models)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         if cfg.encoder_finetune == "lora":
@@ -60,12 +61,11 @@ def seeded_learner(
             from barp_ray.embeddings.encoder import EncoderSpec, native_embedding_dim
             from barp_ray.policy.lora import EncoderPolicy
 
-            dim = native_embedding_dim(EncoderSpec.parse(table.encoder or "").name)
-            head = BarpPolicy(policy_spec(cfg, list(table.models), scale, table.encoder or "", dim))
-            policy: nn.Module = EncoderPolicy(table.encoder or "", head, pad_id, rank=cfg.lora_rank)
+            width = native_embedding_dim(EncoderSpec.parse(encoder).name)  # the encoder runs inside the policy
+            head = BarpPolicy(policy_spec(cfg, models, scale, encoder, width))
+            policy: nn.Module = EncoderPolicy(encoder, head, pad_id, rank=cfg.lora_rank)
         else:
-            dim = table.embeddings.shape[-1]
-            policy = BarpPolicy(policy_spec(cfg, list(table.models), scale, table.encoder or "", dim))
+            policy = BarpPolicy(policy_spec(cfg, models, scale, encoder, table.embeddings.shape[-1]))
     policy = policy.to(device)
     return policy, ReinforceLearner(policy, cfg, scale, cfg.batch_size, seed=cfg.seed)
 
