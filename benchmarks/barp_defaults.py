@@ -40,7 +40,7 @@ def run(
     token_states: str | None = None,
 ) -> str:
     table = read_shards(data) if data else None
-    if token_states and table is not None:  # per-token inputs, for `pooling` variants
+    if token_states and table is not None and train:  # per-token inputs, for `pooling` variants
         table = token_state_table(table, token_states, out / "cache")
     pools = build_pools(table, pool_names)
     out.mkdir(parents=True, exist_ok=True)

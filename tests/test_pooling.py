@@ -126,7 +126,7 @@ def test_lora_policy_starts_at_the_frozen_encoder_and_learns_the_route_end_to_en
     embedding unchanged, training moves only the adapters and the head, and the policy learns the route."""
     from barp_ray.embeddings.encoder import DEFAULT_ENCODER, encode, load_encoder
     from barp_ray.embeddings.token_states import token_id_table
-    from barp_ray.training.bare import train_in_process
+    from barp_ray.training.bare import seeded_learner, train_in_process
 
     encoder = f"{DEFAULT_ENCODER}@torch:16"
     train, val = _text_tables(encoder)
@@ -136,9 +136,6 @@ def test_lora_policy_starts_at_the_frozen_encoder_and_learns_the_route_end_to_en
     cfg = TrainConfig(
         passes=16, epochs=2, batch_size=8, lr=3e-3, hidden_dim=16, pref_dim=4, seed=0, encoder_finetune="lora"
     )
-
-    from barp_ray.training.bare import seeded_learner
-
     policy, _ = seeded_learner(cfg, train_ids, 0.01, pad_id)
     ids = torch.as_tensor(val_ids.embeddings)
     frozen = torch.as_tensor(encode(load_encoder(encoder, device="cpu"), val.prompts))
